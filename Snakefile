@@ -1,0 +1,27 @@
+# deeprs: DeepRS joint registration and few-shot segmentation, from raw volumes to the
+# paper's tables. This file only reads the config and includes the rule files; each rule
+# calls one `deeprs` subcommand. Default target: `reproduce`.
+import sys
+
+from deeprs.config import validate_config
+from deeprs.errors import ConfigError
+
+
+configfile: "config/config.yaml"
+
+
+try:
+    validate_config(config)
+except ConfigError as error:
+    sys.exit(f"deeprs: {error}")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule reproduce:
+    """Every method, study and report of the config."""
+    input:
+        reproduce_targets(),
+    default_target: True

@@ -1,0 +1,52 @@
+"""Atomic writes and small file helpers shared by every step.
+
+Every output goes through :func:`atomic_path`: it is written under a temporary name in
+the same folder and renamed into place only when complete, so an interrupted job never
+leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def _suffixes(path: Path) -> str:
+    """`.nii.gz` for `a.nii.gz`: writers such as SimpleITK pick the format from it."""
+    return "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` on success."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=f".tmp{_suffixes(target)}", dir=target.parent
+    )
+    os.close(handle)
+    temporary_path = Path(temporary)
+    try:
+        yield temporary_path
+        os.replace(temporary_path, target)
+    finally:
+        temporary_path.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    with open(path) as handle:
+        return json.load(handle)

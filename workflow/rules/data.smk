@@ -1,0 +1,20 @@
+# The input cohort: generated (synthetic phantom) or the user's folder.
+
+
+rule phantom:
+    """Generate the synthetic cardiac CT cohort (MM-WHS layout and label values)."""
+    output:
+        files=raw_cohort_files(),
+        mosaic=f"{DATA_DIR}/mosaic.png",
+    params:
+        settings=config["phantom"],
+        seed=config["seed"],
+        labels=config["data"]["labels"],
+    log:
+        f"{LOGS}/phantom.log",
+    shell:
+        "deeprs phantom --out {DATA_DIR:q}"
+        " --n-labelled {params.settings[n_labelled]} --n-unlabelled {params.settings[n_unlabelled]}"
+        " --shape {params.settings[shape][0]} {params.settings[shape][1]} {params.settings[shape][2]}"
+        " --spacing {params.settings[spacing][0]} {params.settings[spacing][1]} {params.settings[spacing][2]}"
+        " --seed {params.seed} > {log:q} 2>&1"
