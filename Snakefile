@@ -18,6 +18,7 @@ except ConfigError as error:
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/split.smk"
 
 
 rule reproduce:

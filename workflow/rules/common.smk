@@ -24,9 +24,26 @@ def raw_cohort_files():
     return []
 
 
+def fold_names():
+    """`fold_0` ... : the cross-validation splits (deeprs.folds)."""
+    return [f"fold_{k}" for k in range(config["folds"]["n_folds"])]
+
+
+def label_split_names():
+    """`labels_{n}_rep_{r}`: the label-amount splits (deeprs.folds)."""
+    folds = config["folds"]
+    amounts = sorted(set(folds["label_amounts"]))
+    return [f"labels_{n}_rep_{r}" for r in range(folds["label_amount_repeats"]) for n in amounts]
+
+
+def split_names():
+    return fold_names() + label_split_names()
+
+
 def reproduce_targets():
     """Everything `snakemake reproduce` builds; grows as steps are added."""
     targets = []
     if config["data"]["source"] == "phantom":
         targets += raw_cohort_files() + [f"{DATA_DIR}/mosaic.png"]
+    targets += [f"{RESULTS}/splits/{name}.json" for name in split_names()]
     return targets

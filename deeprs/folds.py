@@ -1,0 +1,174 @@
+"""The cross-validation folds and the label-amount splits (``deeprs split``).
+
+Folds follow the paper: the labelled cases are split into ``n_folds`` seeded parts; fold k
+trains with part k as moving images (few-shot: 4 of the 20 MM-WHS labels) and all
+unlabelled cases as fixed images, and tests on the other parts. Label-amount splits use
+one fixed test set and nested seeded draws of ``n`` training labels from the rest. Cases
+are always grouped by ``subject`` so that the two frames of one ACDC patient never sit on
+both sides of a split. The protocol, including cohorts without unlabelled cases, is in
+``docs/methods.md`` (section "Folds").
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from deeprs.data.cases import Manifest, Split, load_manifest
+from deeprs.errors import ConfigError
+from deeprs.io import write_json
+
+log = logging.getLogger(__name__)
+
+# Registration is evaluated on ordered pairs of test cases, so a test set needs two.
+MIN_TEST_CASES = 2
+
+
+def _subject_groups(manifest: Manifest) -> dict[str, list[str]]:
+    """Labelled case ids per subject, both sorted so the manifest's order does not matter."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for case_id in sorted(manifest.labelled_ids):
+        groups[manifest.cases[case_id].subject].append(case_id)
+    return dict(sorted(groups.items()))
+
+
+def _shuffled_subjects(groups: dict[str, list[str]], rng: np.random.Generator) -> list[str]:
+    subjects = list(groups)
+    return [subjects[i] for i in rng.permutation(len(subjects))]
+
+
+def _partition(groups: dict[str, list[str]], n_parts: int, seed: int) -> list[list[str]]:
+    """Seeded parts of near-equal case counts, each subject whole in one part.
+
+    Subjects are shuffled, then placed largest first into the part with fewest cases, which
+    gives 4 cases per part for 20 single-frame subjects and balanced parts for ACDC pairs.
+    """
+    order = _shuffled_subjects(groups, np.random.default_rng(seed))
+    order.sort(key=lambda subject: -len(groups[subject]))  # stable: ties keep the shuffle
+    parts: list[list[str]] = [[] for _ in range(n_parts)]
+    for subject in order:
+        lightest = min(range(n_parts), key=lambda k: len(parts[k]))
+        parts[lightest].extend(groups[subject])
+    return [sorted(part) for part in parts]
+
+
+def _fixed_images(manifest: Manifest, training_side: list[str]) -> list[str]:
+    """All unlabelled cases; without any (ACDC), the training side's own images.
+
+    Test images are never used as fixed training images: that would be transductive.
+    """
+    unlabelled = sorted(manifest.unlabelled_ids)
+    return unlabelled if unlabelled else sorted(training_side)
+
+
+def make_folds(manifest: Manifest, n_folds: int, seed: int) -> list[Split]:
+    """One split per fold: part k trains (moving), the other parts test."""
+    groups = _subject_groups(manifest)
+    n_cases = sum(len(cases) for cases in groups.values())
+    if len(groups) < n_folds:
+        raise ConfigError(
+            f"config key 'folds.n_folds': {n_folds} folds need at least {n_folds} labelled "
+            f"subjects but the manifest '{manifest.path}' has {len(groups)} ({n_cases} "
+            "labelled cases); lower folds.n_folds or add labelled cases"
+        )
+    parts = _partition(groups, n_folds, seed)
+    splits = []
+    for k, part in enumerate(parts):
+        test = sorted(case for other, cases in enumerate(parts) if other != k for case in cases)
+        if len(test) < MIN_TEST_CASES:
+            raise ConfigError(
+                f"config key 'folds.n_folds': fold {k} would have {len(test)} test case(s) but "
+                f"registration needs at least {MIN_TEST_CASES}; the manifest '{manifest.path}' "
+                f"has only {n_cases} labelled cases, so lower folds.n_folds or add labels"
+            )
+        splits.append(
+            Split(
+                name=f"fold_{k}",
+                seed=seed,
+                train_moving=part,
+                train_fixed=_fixed_images(manifest, part),
+                test=test,
+            )
+        )
+    return splits
+
+
+def make_label_amount_splits(
+    manifest: Manifest, amounts: Sequence[int], repeats: int, seed: int
+) -> list[Split]:
+    """Splits ``labels_{n}_rep_{r}``: one fixed test set, nested seeded draws of n labels.
+
+    A seeded shuffle of the subjects puts the first ones into a training pool of at least
+    ``max(amounts)`` cases and the rest into the test set, the same for every n and r so
+    that all points of the study are measured on the same images. Repeat r permutes the pool
+    once and trains on its first n cases, so the 1 label of repeat r is among its 4, and so on.
+    """
+    groups = _subject_groups(manifest)
+    n_cases = sum(len(cases) for cases in groups.values())
+    largest = max(amounts)
+    needed = largest + MIN_TEST_CASES
+    pool: list[str] = []
+    test: list[str] = []
+    for subject in _shuffled_subjects(groups, np.random.default_rng([seed, 1])):
+        (pool if len(pool) < largest else test).extend(groups[subject])
+    if len(test) < MIN_TEST_CASES:
+        raise ConfigError(
+            f"config key 'folds.label_amounts': up to {largest} training labels plus a test set "
+            f"need at least {needed} labelled cases but the manifest '{manifest.path}' has "
+            f"{n_cases}; lower the largest label amount"
+        )
+    pool.sort()
+    test.sort()
+    splits = []
+    for r in range(repeats):
+        order = [pool[i] for i in np.random.default_rng([seed, 2, r]).permutation(len(pool))]
+        for n in sorted(set(amounts)):
+            splits.append(
+                Split(
+                    name=f"labels_{n}_rep_{r}",
+                    seed=seed,
+                    train_moving=sorted(order[:n]),
+                    train_fixed=_fixed_images(manifest, pool),
+                    test=test,
+                )
+            )
+    return splits
+
+
+def fold_file_names(n_folds: int) -> list[str]:
+    return [f"fold_{k}.json" for k in range(n_folds)]
+
+
+def label_split_file_names(amounts: Sequence[int], repeats: int) -> list[str]:
+    return [f"labels_{n}_rep_{r}.json" for r in range(repeats) for n in sorted(set(amounts))]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifest", type=Path, required=True, help="preprocessed manifest.json")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the split files")
+    parser.add_argument("--n-folds", type=int, default=5)
+    parser.add_argument("--label-amounts", type=int, nargs="*", default=[1, 4, 7, 10])
+    parser.add_argument("--repeats", type=int, default=3, help="draws per label amount")
+    parser.add_argument("--seed", type=int, required=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    manifest = load_manifest(args.manifest)
+    splits = make_folds(manifest, args.n_folds, args.seed)
+    if args.label_amounts:
+        splits += make_label_amount_splits(manifest, args.label_amounts, args.repeats, args.seed)
+    for split in splits:
+        write_json(args.out / f"{split.name}.json", split.to_json())
+        log.info(
+            "%s: %d moving, %d fixed, %d test",
+            split.name,
+            len(split.train_moving),
+            len(split.train_fixed),
+            len(split.test),
+        )
+    return 0

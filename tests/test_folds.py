@@ -1,0 +1,176 @@
+"""Fold and label-amount split invariants (deeprs.folds)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from deeprs.cli import main
+from deeprs.data.cases import CaseRecord, Manifest, load_split
+from deeprs.errors import ConfigError
+from deeprs.folds import make_folds, make_label_amount_splits
+
+
+def cohort(n_labelled: int, n_unlabelled: int, frames_per_subject: int = 1) -> Manifest:
+    """A manifest without arrays: splitting only reads ids, subjects and label flags."""
+    cases = {}
+    for i in range(n_labelled):
+        case_id = f"l{i:02d}"
+        subject = f"s{i // frames_per_subject:02d}"
+        cases[case_id] = CaseRecord(case_id, subject, True, Path(f"{case_id}.npy"), Path("x.npy"))
+    for i in range(n_unlabelled):
+        case_id = f"u{i:02d}"
+        cases[case_id] = CaseRecord(case_id, case_id, False, Path(f"{case_id}.npy"), None)
+    return Manifest(Path("manifest.json"), {"myo": 1}, (1.0, 1.0, 1.0), cases)
+
+
+def test_mmwhs_folds_follow_the_paper() -> None:
+    manifest = cohort(20, 40)
+    folds = make_folds(manifest, n_folds=5, seed=2020)
+    assert [fold.name for fold in folds] == [f"fold_{k}" for k in range(5)]
+    tested: Counter[str] = Counter()
+    trained: Counter[str] = Counter()
+    for fold in folds:
+        assert len(fold.train_moving) == 4 and len(fold.test) == 16
+        assert len(fold.train_moving) * len(fold.train_fixed) == 160
+        assert len(fold.test) * (len(fold.test) - 1) == 240
+        assert fold.train_fixed == manifest.unlabelled_ids
+        assert not set(fold.test) & (set(fold.train_moving) | set(fold.train_fixed))
+        tested.update(fold.test)
+        trained.update(fold.train_moving)
+    assert set(tested) == set(trained) == set(manifest.labelled_ids)
+    assert set(tested.values()) == {4} and set(trained.values()) == {1}
+
+
+def test_subjects_are_never_split_and_acdc_trains_on_its_own_images() -> None:
+    manifest = cohort(60, 0, frames_per_subject=2)
+    for fold in make_folds(manifest, n_folds=5, seed=3):
+        train_subjects = {manifest.cases[c].subject for c in fold.train_moving}
+        test_subjects = {manifest.cases[c].subject for c in fold.test}
+        assert not train_subjects & test_subjects
+        assert len(fold.train_moving) == 12 and len(fold.test) == 48
+        assert fold.train_fixed == fold.train_moving  # no unlabelled cases, no test images
+
+
+def test_same_seed_same_folds_other_seed_other_folds() -> None:
+    manifest = cohort(20, 4)
+    first = make_folds(manifest, 5, seed=1)
+    assert make_folds(manifest, 5, seed=1) == first
+    assert make_folds(manifest, 5, seed=2) != first
+    reordered = Manifest(
+        manifest.path,
+        manifest.labels,
+        manifest.spacing_xyz,
+        dict(reversed(list(manifest.cases.items()))),
+    )
+    assert make_folds(reordered, 5, seed=1) == first
+
+
+def test_label_amount_splits() -> None:
+    manifest = cohort(20, 40)
+    splits = make_label_amount_splits(manifest, [1, 4, 7, 10], repeats=3, seed=2020)
+    assert len(splits) == 12
+    tests = {tuple(split.test) for split in splits}
+    assert len(tests) == 1 and len(next(iter(tests))) == 10  # one fixed test set
+    by_name = {split.name: split for split in splits}
+    for r in range(3):
+        previous: set[str] = set()
+        for n in (1, 4, 7, 10):
+            split = by_name[f"labels_{n}_rep_{r}"]
+            assert len(split.train_moving) == n
+            assert not set(split.train_moving) & set(split.test)
+            assert split.train_fixed == manifest.unlabelled_ids
+            assert previous <= set(split.train_moving)  # nested draws
+            previous = set(split.train_moving)
+    draws = {tuple(by_name[f"labels_4_rep_{r}"].train_moving) for r in range(3)}
+    assert len(draws) > 1  # repeats draw different labels
+    assert make_label_amount_splits(manifest, [1, 4, 7, 10], 3, 2020) == splits
+
+
+def test_label_amount_splits_group_subjects_without_unlabelled_cases() -> None:
+    manifest = cohort(30, 0, frames_per_subject=2)
+    for split in make_label_amount_splits(manifest, [1, 3], repeats=2, seed=5):
+        pool_subjects = {manifest.cases[c].subject for c in split.train_fixed}
+        test_subjects = {manifest.cases[c].subject for c in split.test}
+        assert not pool_subjects & test_subjects
+        assert set(split.train_moving) <= set(split.train_fixed)
+        assert len(split.train_fixed) == 4  # two whole subjects hold the 3 labels
+
+
+def test_not_enough_labels_messages() -> None:
+    with pytest.raises(
+        ConfigError,
+        match="5 folds need at least 5 labelled subjects but the "
+        "manifest 'manifest.json' has 4 \\(8 labelled cases\\)",
+    ):
+        make_folds(cohort(8, 0, frames_per_subject=2), 5, seed=0)
+    with pytest.raises(
+        ConfigError,
+        match="up to 10 training labels plus a test set need at "
+        "least 12 labelled cases but the manifest 'manifest.json' has 11",
+    ):
+        make_label_amount_splits(cohort(11, 3), [1, 10], 1, seed=0)
+
+
+def test_split_command_writes_readable_files(tmp_path: Path) -> None:
+    folder = tmp_path / "pre"
+    folder.mkdir()
+    cases = [
+        {
+            "id": f"c{i}",
+            "subject": f"c{i}",
+            "labelled": i < 6,
+            "image": f"images/c{i}.npy",
+            "label": f"labels/c{i}.npy" if i < 6 else None,
+        }
+        for i in range(8)
+    ]
+    manifest = {"labels": {"myo": 1}, "spacing_xyz": [1, 1, 1], "cases": cases}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "splits"
+    status = main(
+        [
+            "split",
+            "--manifest",
+            str(folder / "manifest.json"),
+            "--out",
+            str(out),
+            "--n-folds",
+            "3",
+            "--label-amounts",
+            "1",
+            "2",
+            "--repeats",
+            "2",
+            "--seed",
+            "9",
+        ]
+    )
+    assert status == 0
+    names = sorted(path.name for path in out.iterdir())
+    assert names == sorted(
+        [f"fold_{k}.json" for k in range(3)]
+        + [f"labels_{n}_rep_{r}.json" for n in (1, 2) for r in range(2)]
+    )
+    fold = load_split(out / "fold_1.json")
+    assert fold.name == "fold_1" and fold.seed == 9
+    assert len(fold.train_moving) == 2 and fold.train_fixed == ["c6", "c7"]
+    assert (
+        main(
+            [
+                "split",
+                "--manifest",
+                str(folder / "manifest.json"),
+                "--out",
+                str(out),
+                "--n-folds",
+                "7",
+                "--seed",
+                "9",
+            ]
+        )
+        == 2
+    )
