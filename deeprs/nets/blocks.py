@@ -1,0 +1,60 @@
+"""Small building blocks shared by the networks: channel scaling, conv blocks, size checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+MIN_CHANNELS = 4
+
+
+def scale_channels(channels: Sequence[int], width: float) -> list[int]:
+    """Multiply channel counts by ``width`` (rounded, at least 4) for thinner CPU presets."""
+    if width <= 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    return [max(MIN_CHANNELS, round(count * width)) for count in channels]
+
+
+def check_divisible(x: torch.Tensor, divisor: int, network: str) -> None:
+    """Raise a ValueError naming the nearest valid size if a spatial size is not a multiple.
+
+    The trainer pads volumes to a multiple of the network's ``size_divisor``; this catches
+    a caller that forgot.
+    """
+    if x.dim() != 5:
+        raise ValueError(f"{network} expects (N, C, D, H, W), got shape {tuple(x.shape)}")
+    for size in x.shape[2:]:
+        if size % divisor:
+            lower = max(divisor, size // divisor * divisor)
+            upper = -(-size // divisor) * divisor
+            nearest = lower if size - lower < upper - size else upper
+            raise ValueError(
+                f"{network} needs spatial sizes divisible by {divisor}, got "
+                f"{tuple(x.shape[2:])}: pad {size} to {nearest} (nearest valid size)"
+            )
+
+
+class ConvNormAct(nn.Sequential):
+    """3x3x3 convolution, instance normalisation and LeakyReLU(0.01).
+
+    Instance normalisation because training runs with batch size 1, where batch statistics
+    are noisy and differ between training and evaluation.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1),
+            nn.InstanceNorm3d(out_channels, affine=True),
+            nn.LeakyReLU(0.01, inplace=True),
+        )
+
+
+class DoubleConv(nn.Sequential):
+    """Two :class:`ConvNormAct` in a row: one level of a 3D U-Net (Cicek et al.)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            ConvNormAct(in_channels, out_channels), ConvNormAct(out_channels, out_channels)
+        )

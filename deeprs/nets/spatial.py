@@ -1,0 +1,128 @@
+"""The spatial transformer W: the one place that turns displacements into sampling grids.
+
+Conventions (used by every caller, stated only here):
+
+* Tensors are ``(N, C, D, H, W)`` with ``D, H, W = z, y, x`` of the array grid.
+* A displacement ``u`` has shape ``(N, 3, D, H, W)``, is measured in **voxels** of that
+  grid, and its channels are ordered ``(d, h, w)`` = ``(z, y, x)``.
+* Warping pulls: ``warped(p) = image(p + u(p))`` for every voxel ``p``.
+* Voxel coordinates are normalised to ``[-1, 1]`` with ``align_corners=True``: voxel ``0``
+  maps to ``-1`` and voxel ``size - 1`` to ``+1``, so voxel centres are sample points and no
+  half-voxel shift appears. ``grid_sample`` wants its last axis in ``(x, y, z)`` order, so
+  the channels are reversed when the grid is built.
+* Points that fall outside the volume take the value of the nearest border voxel
+  (``padding_mode="border"``). The images are crops of a larger body, so zero padding would
+  draw an artificial black frame that the similarity loss and the discriminator could
+  learn from; with border padding a warped one-hot label map still sums to one everywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+INTERPOLATION_MODES = ("bilinear", "nearest")
+PADDING_MODES = ("border", "zeros", "reflection")
+
+
+@functools.lru_cache(maxsize=32)
+def identity_grid(
+    shape: tuple[int, int, int], device: torch.device | str, dtype: torch.dtype
+) -> torch.Tensor:
+    """Voxel coordinates ``(1, 3, D, H, W)`` with channels ``(d, h, w)``.
+
+    Cached per (shape, device, dtype) because every training step asks for the same grid;
+    the returned tensor is shared, so treat it as read-only.
+    """
+    axes = [torch.arange(size, device=device, dtype=dtype) for size in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0).unsqueeze(0)
+
+
+def _check_pair(image: torch.Tensor, displacement: torch.Tensor) -> None:
+    if image.dim() != 5:
+        raise ValueError(f"image must be (N, C, D, H, W), got shape {tuple(image.shape)}")
+    if displacement.dim() != 5 or displacement.shape[1] != 3:
+        raise ValueError(
+            f"displacement must be (N, 3, D, H, W), got shape {tuple(displacement.shape)}"
+        )
+    if image.shape[2:] != displacement.shape[2:] or image.shape[0] != displacement.shape[0]:
+        raise ValueError(
+            f"image {tuple(image.shape)} and displacement {tuple(displacement.shape)} "
+            "must share batch size and spatial shape"
+        )
+
+
+def sampling_grid(displacement: torch.Tensor) -> torch.Tensor:
+    """The ``grid_sample`` grid ``(N, D, H, W, 3)`` (x, y, z in [-1, 1]) for ``p + u(p)``."""
+    shape = tuple(int(size) for size in displacement.shape[2:])
+    locations = identity_grid(shape, displacement.device, displacement.dtype) + displacement
+    scale = torch.tensor(
+        [2.0 / max(size - 1, 1) for size in shape],
+        device=displacement.device,
+        dtype=displacement.dtype,
+    ).view(1, 3, 1, 1, 1)
+    normalised = locations * scale - 1.0
+    return normalised.permute(0, 2, 3, 4, 1).flip(-1)
+
+
+def warp(
+    image: torch.Tensor,
+    displacement: torch.Tensor,
+    mode: str = "bilinear",
+    padding_mode: str = "border",
+) -> torch.Tensor:
+    """Resample ``image`` at ``p + u(p)``.
+
+    Args:
+        image: ``(N, C, D, H, W)`` float tensor.
+        displacement: ``(N, 3, D, H, W)`` in voxels, channels ``(d, h, w)``.
+        mode: ``"bilinear"`` (trilinear in 3D) for images and soft labels, ``"nearest"``
+            for integer label maps in evaluation.
+        padding_mode: what points outside the volume see (``"border"`` by default).
+    """
+    if mode not in INTERPOLATION_MODES:
+        raise ValueError(f"mode must be one of {INTERPOLATION_MODES}, got {mode!r}")
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    _check_pair(image, displacement)
+    integer_input = not torch.is_floating_point(image)
+    if integer_input and mode != "nearest":
+        raise ValueError("integer images (label maps) can only be warped with mode='nearest'")
+    source = image.to(displacement.dtype) if integer_input else image
+    grid = sampling_grid(displacement).to(source.dtype)
+    warped = F.grid_sample(source, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    return warped.round().to(image.dtype) if integer_input else warped
+
+
+def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Float one-hot ``(N, num_classes, D, H, W)`` of integer labels ``(N, 1, D, H, W)``.
+
+    ``num_classes`` counts every class including background (``K + 1`` for ``K``
+    structures), as in :func:`torch.nn.functional.one_hot`.
+    """
+    if labels.dim() != 5 or labels.shape[1] != 1:
+        raise ValueError(f"labels must be (N, 1, D, H, W), got shape {tuple(labels.shape)}")
+    if torch.is_floating_point(labels):
+        raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"labels hold values in [{int(labels.min())}, {int(labels.max())}] but "
+            f"num_classes={num_classes} allows only 0..{num_classes - 1}"
+        )
+    encoded = F.one_hot(labels[:, 0].long(), num_classes)
+    return encoded.permute(0, 4, 1, 2, 3).to(torch.float32)
+
+
+def warp_labels_onehot(
+    labels: torch.Tensor, displacement: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """Soft one-hot ``(N, num_classes, D, H, W)`` of labels warped trilinearly.
+
+    Used inside the losses: unlike nearest-neighbour warping it is differentiable with
+    respect to the displacement, and each voxel's class probabilities still sum to one.
+    ``num_classes`` includes background (``K + 1``).
+    """
+    encoded = one_hot(labels, num_classes).to(displacement.dtype)
+    return warp(encoded, displacement, mode="bilinear")
