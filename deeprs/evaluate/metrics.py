@@ -1,0 +1,108 @@
+"""Per-structure overlap and surface metrics, and the folding of a displacement field.
+
+Arrays are ``(z, y, x)`` class maps (0 = background) and ``labels`` maps structure names to
+class indices, as in the manifest. Definitions follow ``../shared/docs/reference.md``:
+a structure absent from both masks has Dice NaN (not 0), and HD95 is NaN when it is absent
+from either, so that averages over cases are not pulled down by structures nobody drew.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+
+def _check_same_shape(pred: np.ndarray, target: np.ndarray) -> None:
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {pred.shape} and target {target.shape} differ in shape")
+
+
+def dice(pred: np.ndarray, target: np.ndarray, labels: Mapping[str, int]) -> dict[str, float]:
+    """Dice 2|A∩B| / (|A| + |B|) per structure, in [0, 1]; NaN when absent from both."""
+    _check_same_shape(pred, target)
+    scores = {}
+    for name, index in labels.items():
+        predicted, expected = pred == index, target == index
+        total = int(predicted.sum()) + int(expected.sum())
+        overlap = int(np.logical_and(predicted, expected).sum())
+        scores[name] = 2.0 * overlap / total if total else float("nan")
+    return scores
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Mask voxels with a 6-neighbour outside the mask (the image border counts as outside)."""
+    return mask & ~ndimage.binary_erosion(mask)
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """Box of ``mask`` grown by one voxel, so that erosion inside it equals erosion outside."""
+    box = []
+    for axis in range(mask.ndim):
+        other_axes = tuple(a for a in range(mask.ndim) if a != axis)
+        present = np.flatnonzero(mask.any(axis=other_axes))
+        box.append(slice(max(present[0] - 1, 0), present[-1] + 2))
+    return tuple(box)
+
+
+def _hd95_of_masks(
+    predicted: np.ndarray, expected: np.ndarray, spacing_zyx: Sequence[float]
+) -> float:
+    # Distances between points inside the box do not depend on the crop, so crop for speed.
+    box = _bounding_box(predicted | expected)
+    surface_pred, surface_true = _surface(predicted[box]), _surface(expected[box])
+    to_true = ndimage.distance_transform_edt(~surface_true, sampling=spacing_zyx)
+    to_pred = ndimage.distance_transform_edt(~surface_pred, sampling=spacing_zyx)
+    return float(
+        max(np.percentile(to_true[surface_pred], 95), np.percentile(to_pred[surface_true], 95))
+    )
+
+
+def hd95(
+    pred: np.ndarray,
+    target: np.ndarray,
+    labels: Mapping[str, int],
+    spacing_zyx: Sequence[float],
+) -> dict[str, float]:
+    """95th-percentile Hausdorff distance in mm per structure; NaN if absent from either mask.
+
+    Surfaces are the mask voxels with a face neighbour outside the mask; the result is the
+    larger of the two directed 95th percentiles of surface-to-surface distances, which is
+    MONAI's ``compute_hausdorff_distance(percentile=95)``.
+    """
+    _check_same_shape(pred, target)
+    if len(spacing_zyx) != pred.ndim:
+        raise ValueError(f"spacing {tuple(spacing_zyx)} does not match {pred.ndim} axes")
+    distances = {}
+    for name, index in labels.items():
+        predicted, expected = pred == index, target == index
+        if not predicted.any() or not expected.any():
+            distances[name] = float("nan")
+        else:
+            distances[name] = _hd95_of_masks(predicted, expected, spacing_zyx)
+    return distances
+
+
+def jacobian_determinant(displacement_voxels: np.ndarray) -> np.ndarray:
+    """det of the Jacobian of x + u(x) at every voxel, by central differences.
+
+    ``displacement_voxels`` is ``(3, D, H, W)`` in voxels with channels ``(d, h, w)``; the
+    determinant is unitless, so it is the same in voxel or mm units for any spacing. At the
+    border the differences are one-sided; an axis of length 1 has zero derivative.
+    """
+    if displacement_voxels.ndim != 4 or displacement_voxels.shape[0] != 3:
+        raise ValueError(f"displacement must be (3, D, H, W), got {displacement_voxels.shape}")
+    field = np.asarray(displacement_voxels, dtype=np.float64)
+    jacobian = np.zeros((3, 3, *field.shape[1:]))
+    for i in range(3):
+        for j in range(3):
+            if field.shape[1 + j] > 1:
+                jacobian[i, j] = np.gradient(field[i], axis=j)
+        jacobian[i, i] += 1.0
+    return np.linalg.det(np.moveaxis(jacobian, (0, 1), (-2, -1)))
+
+
+def nonpositive_jacobian_percent(displacement_voxels: np.ndarray) -> float:
+    """Percentage of voxels where the deformation folds (det of the Jacobian <= 0)."""
+    return float(100.0 * np.mean(jacobian_determinant(displacement_voxels) <= 0))
