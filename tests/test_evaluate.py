@@ -1,0 +1,239 @@
+"""``deeprs evaluate`` on a tiny synthetic cohort: rows, columns and values (deeprs.evaluate.cli)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import torch
+from torch import nn
+
+from deeprs.cli import main
+from deeprs.data.cases import load_manifest, load_split
+from deeprs.evaluate.cli import COLUMNS, evaluate_split, load_test_volumes
+from deeprs.evaluate.metrics import hd95
+from deeprs.methods import get_method
+from deeprs.nets import UNet3D, VoxelMorph2
+from deeprs.train.checkpoint import save_model
+
+LABELS = {"a": 1, "b": 2}
+SHAPE = (6, 10, 12)  # (z, y, x), padded to 16^3 for the nets
+SPACING_XYZ = (1.0, 1.5, 2.5)
+CASES = ("c0", "c1", "c2")
+
+
+def case_label(offset: int) -> np.ndarray:
+    """Two boxes away from the borders; ``offset`` moves them along x and y."""
+    label = np.zeros(SHAPE, dtype=np.uint8)
+    label[1:4, 2 + offset : 6 + offset, 2 : 6 + offset] = 1
+    label[2:5, 5:8, 7 + offset : 10] = 2
+    return label
+
+
+@pytest.fixture
+def cohort(tmp_path: Path) -> tuple[Path, Path]:
+    """Manifest with three labelled cases and one unlabelled one, and a split testing on c0..c2."""
+    folder = tmp_path / "preprocessed"
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    cases = []
+    for index, case in enumerate(CASES):
+        label = case_label(index)
+        image = (0.3 * label + 0.05 * rng.random(SHAPE)).astype(np.float32)
+        np.save(folder / f"images/{case}.npy", image)
+        np.save(folder / f"labels/{case}.npy", label)
+        cases.append(
+            {
+                "id": case,
+                "subject": case,
+                "labelled": True,
+                "image": f"images/{case}.npy",
+                "label": f"labels/{case}.npy",
+            }
+        )
+    np.save(folder / "images/u0.npy", rng.random(SHAPE, dtype=np.float32))
+    cases.append(
+        {"id": "u0", "subject": "u0", "labelled": False, "image": "images/u0.npy", "label": None}
+    )
+    manifest = {"labels": LABELS, "spacing_xyz": list(SPACING_XYZ), "cases": cases}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    split = {
+        "name": "fold_2",
+        "seed": 0,
+        "train_moving": [],
+        "train_fixed": ["u0"],
+        "test": list(CASES),
+    }
+    (tmp_path / "fold_2.json").write_text(json.dumps(split))
+    return folder / "manifest.json", tmp_path / "fold_2.json"
+
+
+def evaluate(cohort: tuple[Path, Path], out: Path, method: str, model: Path | None = None) -> int:
+    manifest, split = cohort
+    argv = [
+        "evaluate",
+        "--method",
+        method,
+        "--split",
+        str(split),
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
+    return main(argv + (["--model", str(model)] if model else []))
+
+
+def sitk_dice(pred: np.ndarray, target: np.ndarray, index: int) -> float:
+    overlap = sitk.LabelOverlapMeasuresImageFilter()
+    overlap.Execute(sitk.GetImageFromArray(target), sitk.GetImageFromArray(pred))
+    return overlap.GetDiceCoefficient(index)
+
+
+def test_affine_scores_the_aligned_labels(cohort: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "affine" / "metrics.csv"
+    assert evaluate(cohort, out, "affine") == 0
+    table = pd.read_csv(out)
+    assert tuple(table.columns) == COLUMNS
+    assert len(table) == 6 * len(LABELS)  # 3 x 2 ordered pairs, one row per structure
+    assert set(table["task"]) == {"registration"}
+    assert set(table["method"]) == {"affine"} and set(table["fold"]) == {2}
+    assert (table["nonpositive_jacobian_pct"] == 0).all()
+    assert table.groupby("sample").size().eq(len(LABELS)).all()
+    spacing_zyx = SPACING_XYZ[::-1]
+    for row in table.itertuples():
+        moving, fixed = row.sample.split("->")
+        moving_label, fixed_label = case_label(CASES.index(moving)), case_label(CASES.index(fixed))
+        index = LABELS[row.structure]
+        assert row.dice == pytest.approx(sitk_dice(moving_label, fixed_label, index), abs=1e-5)
+        expected_hd95 = hd95(moving_label, fixed_label, LABELS, spacing_zyx)[row.structure]
+        assert row.hd95_mm == pytest.approx(expected_hd95, rel=1e-5)
+    assert (table["dice"] < 1).all() and (table["hd95_mm"] > 0).all()
+
+
+def zero_flow_voxelmorph() -> VoxelMorph2:
+    network = VoxelMorph2(width=0.25)
+    nn.init.zeros_(network.flow.weight)
+    return network
+
+
+def test_identity_model_from_checkpoint_equals_affine(
+    cohort: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model = tmp_path / "voxelmorph2" / "model.pt"
+    save_model(
+        model,
+        "voxelmorph2",
+        {"registration": ("voxelmorph2", zero_flow_voxelmorph())},
+        LABELS,
+        iteration=1,
+    )
+    assert evaluate(cohort, tmp_path / "vm.csv", "voxelmorph2", model) == 0
+    assert evaluate(cohort, tmp_path / "affine.csv", "affine") == 0
+    learned, affine = pd.read_csv(tmp_path / "vm.csv"), pd.read_csv(tmp_path / "affine.csv")
+    assert set(learned["method"]) == {"voxelmorph2"}
+    columns = ["sample", "structure", "dice", "hd95_mm", "nonpositive_jacobian_pct"]
+    pd.testing.assert_frame_equal(learned[columns], affine[columns])
+
+
+class ConstantShift(nn.Module):
+    """A registration 'network' that always predicts u = +1 voxel along w (x)."""
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        displacement = torch.zeros((1, 3, *moving.shape[2:]))
+        displacement[:, 2] = 1.0
+        return displacement
+
+
+class Oracle(nn.Module):
+    """A segmentation 'network' whose logits are the one-hot of a known label map."""
+
+    def __init__(self, labels_by_image: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        super().__init__()
+        self.labels_by_image = labels_by_image
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        label = next(lab for img, lab in self.labels_by_image if torch.equal(img, image))
+        return nn.functional.one_hot(label[:, 0], len(LABELS) + 1).permute(0, 4, 1, 2, 3).float()
+
+
+def test_warp_direction_and_segmentation_rows(cohort: tuple[Path, Path]) -> None:
+    manifest_path, split_path = cohort
+    manifest = load_manifest(manifest_path)
+    split = load_split(split_path, manifest)
+    volumes = load_test_volumes(manifest, split, torch.device("cpu"))
+    assert volumes.images["c0"].shape == (1, 1, 16, 16, 16) and volumes.shape == SHAPE
+    oracle = Oracle([(volumes.images[c], volumes.labels[c]) for c in CASES])
+    models = {"registration": ConstantShift(), "segmentation": oracle}
+    table = evaluate_split(get_method("deepatlas"), manifest, split, models, torch.device("cpu"))
+    registration = table[table["task"] == "registration"]
+    # warped(p) = moving(p + u): with u = +1 along x the moving boxes move one voxel to -x.
+    for row in registration.itertuples():
+        moving, fixed = row.sample.split("->")
+        shifted = np.roll(case_label(CASES.index(moving)), -1, axis=2)
+        index = LABELS[row.structure]
+        assert row.dice == pytest.approx(
+            sitk_dice(shifted, case_label(CASES.index(fixed)), index), abs=1e-9
+        )
+        assert row.nonpositive_jacobian_pct == 0.0
+    segmentation = table[table["task"] == "segmentation"]
+    assert sorted(segmentation["sample"]) == sorted(CASES * len(LABELS))
+    assert (segmentation["dice"] == 1.0).all() and (segmentation["hd95_mm"] == 0.0).all()
+    assert segmentation["nonpositive_jacobian_pct"].isna().all()
+
+
+def test_trained_segmentation_model_runs(cohort: tuple[Path, Path], tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    network = UNet3D(1, len(LABELS) + 1, features=(8, 16), width=1.0)
+    model = tmp_path / "model.pt"
+    save_model(model, "unet3d", {"segmentation": ("unet3d", network)}, LABELS, iteration=1)
+    out = tmp_path / "metrics.csv"
+    assert evaluate(cohort, out, "unet3d", model) == 0
+    table = pd.read_csv(out)
+    assert len(table) == len(CASES) * len(LABELS) and set(table["task"]) == {"segmentation"}
+    assert table["dice"].dropna().between(0, 1).all()
+
+
+def test_bad_inputs_have_clear_messages(
+    cohort: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert evaluate(cohort, tmp_path / "m.csv", "voxelmorph2") == 2
+    assert "method 'voxelmorph2' is trained: pass its model file with --model" in (
+        capsys.readouterr().err
+    )
+    model = tmp_path / "model.pt"
+    save_model(
+        model,
+        "advreg",
+        {"registration": ("voxelmorph2", zero_flow_voxelmorph())},
+        LABELS,
+        iteration=1,
+    )
+    assert evaluate(cohort, tmp_path / "m.csv", "voxelmorph2", model) == 2
+    assert "was trained for method 'advreg', not 'voxelmorph2'" in capsys.readouterr().err
+    save_model(
+        model,
+        "voxelmorph2",
+        {"registration": ("voxelmorph2", zero_flow_voxelmorph())},
+        {"a": 1},
+        iteration=1,
+    )
+    assert evaluate(cohort, tmp_path / "m.csv", "voxelmorph2", model) == 2
+    assert "retrain on this cohort" in capsys.readouterr().err
+    save_model(
+        model,
+        "deepatlas",
+        {"registration": ("voxelmorph2", zero_flow_voxelmorph())},
+        LABELS,
+        iteration=1,
+    )
+    assert evaluate(cohort, tmp_path / "m.csv", "deepatlas", model) == 2
+    assert "method 'deepatlas' needs a 'segmentation' network" in capsys.readouterr().err
+    assert not (tmp_path / "m.csv").exists()
