@@ -1,0 +1,302 @@
+"""Figs. 6 and 7: one axial slice of a test case per method, structure contours over the image.
+
+Registration (Fig. 6): the first two test cases of a split form the pair (moving = the
+second, fixed = the first); each method's warped moving image is drawn with its warped
+moving label. Segmentation (Fig. 7): the first test case, with each method's predicted
+label. Predictions are computed here from each method's ``model.pt`` (not read from the
+evaluation), so this step only needs the manifest, a split and the models; it is a rule of
+its own so that the tables never wait for it.
+
+Run as ``python -m deeprs.report.overlays --manifest ... --split ... --results ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from torch import nn  # noqa: E402
+
+from deeprs.data.cases import Manifest, Split, load_manifest, load_split  # noqa: E402
+from deeprs.device import select_device  # noqa: E402
+from deeprs.errors import DataError, DeeprsError  # noqa: E402
+from deeprs.io import atomic_path  # noqa: E402
+from deeprs.methods import get_method  # noqa: E402
+from deeprs.nets.spatial import warp  # noqa: E402
+from deeprs.report.paper import method_title, structure_colour, structure_title  # noqa: E402
+from deeprs.train.checkpoint import load_models  # noqa: E402
+from deeprs.train.sampling import crop_to_shape, pad_to_multiple  # noqa: E402
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class Panel:
+    """One image of the figure: a 2-D slice, its class map (0 = background) and a title."""
+
+    title: str
+    image: np.ndarray | None
+    label: np.ndarray | None
+
+
+def pick_slice(label: np.ndarray) -> int:
+    """The axial index (axis 0 of a ``(z, y, x)`` map) showing the most structures.
+
+    Ties go to the slice with the most foreground voxels, so the heart is cut near its
+    middle rather than at an edge where one voxel of each structure happens to show.
+    """
+    if label.ndim != 3:
+        raise ValueError(f"a (z, y, x) label map is needed, got shape {label.shape}")
+    classes_per_slice = np.array([len(np.unique(plane[plane > 0])) for plane in label])
+    foreground_per_slice = (label > 0).reshape(label.shape[0], -1).sum(axis=1)
+    return int(np.lexsort((-foreground_per_slice, -classes_per_slice))[0])
+
+
+def draw_panels(panels: list[Panel], structures: list[str], out_path: Path, title: str) -> Path:
+    """A grid of panels with one contour colour per structure and a legend of structures."""
+    columns = min(len(panels), 6)
+    rows = -(-len(panels) // columns)
+    figure, axes_grid = plt.subplots(
+        rows, columns, figsize=(2.3 * columns, 2.5 * rows + 0.6), squeeze=False
+    )
+    for axes, panel in zip(axes_grid.flat, panels, strict=False):
+        axes.set_title(panel.title, fontsize=9)
+        axes.set_xticks([])
+        axes.set_yticks([])
+        if panel.image is None:
+            axes.set_facecolor("0.92")
+            axes.text(0.5, 0.5, "missing", ha="center", va="center", transform=axes.transAxes)
+            continue
+        axes.imshow(panel.image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        if panel.label is None:
+            continue
+        for index, structure in enumerate(structures, start=1):
+            mask = panel.label == index
+            if mask.any():
+                axes.contour(
+                    mask.astype(np.float32),
+                    levels=[0.5],
+                    colors=[structure_colour(structure, structures)],
+                    linewidths=1.0,
+                )
+    for axes in list(axes_grid.flat)[len(panels) :]:
+        axes.axis("off")
+    handles = [
+        Line2D([0], [0], color=structure_colour(name, structures), linewidth=2)
+        for name in structures
+    ]
+    figure.legend(
+        handles,
+        [structure_title(name) for name in structures],
+        loc="lower center",
+        ncol=len(structures),
+        frameon=False,
+        fontsize=9,
+    )
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    with atomic_path(out_path) as temporary:
+        figure.savefig(temporary, format="png", dpi=130)
+    plt.close(figure)
+    return Path(out_path)
+
+
+def _volume_tensor(volume: np.ndarray, device: torch.device, label: bool = False) -> torch.Tensor:
+    """``(1, 1, D, H, W)`` on ``device``, padded for the nets (edge for images, 0 for labels)."""
+    padded = pad_to_multiple(np.asarray(volume), mode="constant" if label else "edge")
+    tensor = torch.from_numpy(np.ascontiguousarray(padded))
+    tensor = tensor.long() if label else tensor.float()
+    return tensor[None, None].to(device)
+
+
+@torch.no_grad()
+def register_pair(
+    registration: nn.Module | None,
+    moving_image: np.ndarray,
+    fixed_image: np.ndarray,
+    moving_label: np.ndarray,
+    device: torch.device,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The moving image (trilinear) and label (nearest) warped onto the fixed image.
+
+    ``registration`` None means the identity: the cases are already affinely aligned, which
+    is what "Affine only" shows.
+    """
+    if registration is None:
+        return np.asarray(moving_image), np.asarray(moving_label)
+    shape = tuple(moving_image.shape)
+    moving = _volume_tensor(moving_image, device)
+    displacement = registration(moving, _volume_tensor(fixed_image, device))
+    warped_image = warp(moving, displacement, mode="bilinear")
+    warped_label = warp(
+        _volume_tensor(moving_label, device, label=True), displacement, mode="nearest"
+    )
+    return (
+        crop_to_shape(warped_image, shape)[0, 0].cpu().numpy(),
+        crop_to_shape(warped_label, shape)[0, 0].cpu().numpy().astype(np.uint8),
+    )
+
+
+@torch.no_grad()
+def segment(segmentation: nn.Module, image: np.ndarray, device: torch.device) -> np.ndarray:
+    """The class map (argmax of the logits) of one image, cropped back to its shape."""
+    logits = segmentation(_volume_tensor(image, device))
+    return crop_to_shape(logits.argmax(dim=1), tuple(image.shape))[0].cpu().numpy().astype(np.uint8)
+
+
+ModelLoader = Callable[[str], dict[str, nn.Module] | None]
+
+
+def model_loader(results: Path, split_name: str, device: torch.device) -> ModelLoader:
+    """Loads ``results/{method}/{split}/model.pt``; None when the file is absent."""
+
+    def load(method: str) -> dict[str, nn.Module] | None:
+        path = Path(results) / method / split_name / "model.pt"
+        if not path.is_file():
+            LOG.warning("%s: no model at %s; its panel shows 'missing'", method, path)
+            return None
+        return load_models(path, device)
+
+    return load
+
+
+def registration_panels(
+    manifest: Manifest, split: Split, methods: list[str], load: ModelLoader, device: torch.device
+) -> tuple[list[Panel], int]:
+    """Moving, fixed, and one warped moving image per method with registration."""
+    if len(split.test) < 2:
+        raise DataError(f"split '{split.name}' has fewer than two test cases; no pair to draw")
+    fixed_id, moving_id = split.test[0], split.test[1]
+    fixed_label = np.asarray(manifest.label(fixed_id))
+    z = pick_slice(fixed_label)
+    moving_image, moving_label = (
+        np.asarray(manifest.image(moving_id)),
+        np.asarray(manifest.label(moving_id)),
+    )
+    fixed_image = np.asarray(manifest.image(fixed_id))
+    panels = [
+        Panel(f"moving {moving_id}", moving_image[z], moving_label[z]),
+        Panel(f"fixed {fixed_id}", fixed_image[z], fixed_label[z]),
+    ]
+    for method in dict.fromkeys(methods):
+        spec = get_method(method)
+        if spec.trains and not spec.registration:
+            continue
+        models = load(method) if spec.trains else {}
+        if models is None:
+            panels.append(Panel(method_title(method), None, None))
+            continue
+        if spec.trains and "registration" not in models:
+            raise DataError(
+                f"the model of '{method}' for split '{split.name}' has no registration network; retrain it"
+            )
+        warped_image, warped_label = register_pair(
+            models.get("registration"), moving_image, fixed_image, moving_label, device
+        )
+        panels.append(Panel(method_title(method), warped_image[z], warped_label[z]))
+    return panels, z
+
+
+def segmentation_panels(
+    manifest: Manifest, split: Split, methods: list[str], load: ModelLoader, device: torch.device
+) -> tuple[list[Panel], int]:
+    """The image with its ground truth, and one prediction per method with segmentation."""
+    if not split.test:
+        raise DataError(f"split '{split.name}' has no test case to draw")
+    case_id = split.test[0]
+    image, label = np.asarray(manifest.image(case_id)), np.asarray(manifest.label(case_id))
+    z = pick_slice(label)
+    panels = [Panel(f"ground truth {case_id}", image[z], label[z])]
+    for method in dict.fromkeys(methods):
+        if not get_method(method).segmentation:
+            continue
+        models = load(method)
+        if models is None:
+            panels.append(Panel(method_title(method), None, None))
+            continue
+        if "segmentation" not in models:
+            raise DataError(
+                f"the model of '{method}' for split '{split.name}' has no segmentation network; retrain it"
+            )
+        panels.append(
+            Panel(method_title(method), image[z], segment(models["segmentation"], image, device)[z])
+        )
+    return panels, z
+
+
+def draw_overlays(
+    manifest_path: Path,
+    split_path: Path,
+    results: Path,
+    methods: list[str],
+    out_dir: Path,
+    device: torch.device,
+) -> list[Path]:
+    """``overlays_registration.png`` and ``overlays_segmentation.png`` in ``out_dir``."""
+    manifest = load_manifest(manifest_path)
+    split = load_split(split_path, manifest)
+    structures = list(manifest.labels)
+    load = model_loader(results, split.name, device)
+    written = []
+    for task, build in (
+        ("registration", registration_panels),
+        ("segmentation", segmentation_panels),
+    ):
+        panels, z = build(manifest, split, methods, load, device)
+        title = f"{task.capitalize()}, {split.name}, axial slice {z}"
+        written.append(
+            draw_panels(panels, structures, Path(out_dir) / f"overlays_{task}.png", title)
+        )
+    return written
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--split", type=Path, required=True, help="split file, e.g. fold_0.json")
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--methods", nargs="+", required=True, help="methods in figure order")
+    parser.add_argument("--out-dir", type=Path, default=Path("results/report"))
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--threads", type=int, default=1)
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    device = select_device(args.device)
+    written = draw_overlays(
+        args.manifest, args.split, args.results, args.methods, args.out_dir, device
+    )
+    LOG.info("wrote %s", ", ".join(str(path) for path in written))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deeprs.report.overlays", description=__doc__.split("\n")[0]
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return run(args)
+    except DeeprsError as error:
+        print(f"deeprs overlays: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
