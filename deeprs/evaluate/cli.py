@@ -70,9 +70,8 @@ def load_test_volumes(manifest: Manifest, split: Split, device: torch.device) ->
         )
 
     def tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)[
-            None, None
-        ]
+        # A copy: the arrays are read-only memory maps of the preprocessed files.
+        return torch.tensor(np.asarray(array), dtype=dtype, device=device)[None, None]
 
     images = {
         case: tensor(pad_to_multiple(manifest.image(case)), torch.float32) for case in split.test
