@@ -18,7 +18,7 @@ def scale_channels(channels: Sequence[int], width: float) -> list[int]:
 
 
 def check_divisible(x: torch.Tensor, divisor: int, network: str) -> None:
-    """Raise a ValueError naming the nearest valid size if a spatial size is not a multiple.
+    """Raise a ValueError naming the nearest valid sizes if a spatial size is not a multiple.
 
     The trainer pads volumes to a multiple of the network's ``size_divisor``; this catches
     a caller that forgot.
@@ -27,26 +27,40 @@ def check_divisible(x: torch.Tensor, divisor: int, network: str) -> None:
         raise ValueError(f"{network} expects (N, C, D, H, W), got shape {tuple(x.shape)}")
     for size in x.shape[2:]:
         if size % divisor:
-            lower = max(divisor, size // divisor * divisor)
             upper = -(-size // divisor) * divisor
-            nearest = lower if size - lower < upper - size else upper
+            lower = size // divisor * divisor
+            crop = f" or crop it to {lower}" if lower else ""
             raise ValueError(
                 f"{network} needs spatial sizes divisible by {divisor}, got "
-                f"{tuple(x.shape[2:])}: pad {size} to {nearest} (nearest valid size)"
+                f"{tuple(x.shape[2:])}: pad {size} to {upper}{crop}"
             )
 
 
-class ConvNormAct(nn.Sequential):
-    """3x3x3 convolution, instance normalisation and LeakyReLU(0.01).
+NORMS = ("instance", "batch", "none")
 
-    Instance normalisation because training runs with batch size 1, where batch statistics
-    are noisy and differ between training and evaluation.
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """The normalisation after a convolution: ``"instance"``, ``"batch"`` or ``"none"``."""
+    if kind == "instance":
+        return nn.InstanceNorm3d(channels, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm3d(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
+class ConvNormAct(nn.Sequential):
+    """3x3x3 convolution, normalisation and LeakyReLU(0.01).
+
+    Instance normalisation by default because training runs with batch size 1, where batch
+    statistics are noisy and differ between training and evaluation.
     """
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "instance") -> None:
         super().__init__(
             nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1),
-            nn.InstanceNorm3d(out_channels, affine=True),
+            norm_layer(norm, out_channels),
             nn.LeakyReLU(0.01, inplace=True),
         )
 
@@ -54,7 +68,8 @@ class ConvNormAct(nn.Sequential):
 class DoubleConv(nn.Sequential):
     """Two :class:`ConvNormAct` in a row: one level of a 3D U-Net (Cicek et al.)."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "instance") -> None:
         super().__init__(
-            ConvNormAct(in_channels, out_channels), ConvNormAct(out_channels, out_channels)
+            ConvNormAct(in_channels, out_channels, norm),
+            ConvNormAct(out_channels, out_channels, norm),
         )

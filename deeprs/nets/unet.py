@@ -13,7 +13,8 @@ from deeprs.nets.blocks import DoubleConv, check_divisible, scale_channels
 class UNet3D(nn.Module):
     """Image -> per-voxel logits.
 
-    Each level is two 3x3x3 conv + instance norm + LeakyReLU; max-pooling goes down, a
+    Each level is two 3x3x3 conv + norm + LeakyReLU(0.01) (instance norm by default, see
+    :func:`deeprs.nets.blocks.norm_layer`); max-pooling goes down, a
     2x2x2 transposed convolution goes up and its output is concatenated with the encoder
     feature of the same level. ``features`` lists the channels per level (the last one is
     the bottleneck), so inputs must be divisible by ``2 ** (len(features) - 1)``.
@@ -25,6 +26,7 @@ class UNet3D(nn.Module):
         out_channels: int,
         features: Sequence[int] = (16, 32, 64, 128),
         width: float = 1.0,
+        norm: str = "instance",
     ) -> None:
         super().__init__()
         if len(features) < 2:
@@ -34,20 +36,21 @@ class UNet3D(nn.Module):
             out_channels=out_channels,
             features=list(features),
             width=width,
+            norm=norm,
         )
         channels = scale_channels(features, width)
         self.size_divisor = 2 ** (len(channels) - 1)
         self.down = nn.ModuleList()
         previous = in_channels
         for count in channels:
-            self.down.append(DoubleConv(previous, count))
+            self.down.append(DoubleConv(previous, count, norm))
             previous = count
         self.pool = nn.MaxPool3d(kernel_size=2)
         self.upsample = nn.ModuleList()
         self.up = nn.ModuleList()
         for count in reversed(channels[:-1]):
             self.upsample.append(nn.ConvTranspose3d(previous, count, kernel_size=2, stride=2))
-            self.up.append(DoubleConv(2 * count, count))
+            self.up.append(DoubleConv(2 * count, count, norm))
             previous = count
         self.head = nn.Conv3d(previous, out_channels, kernel_size=1)
 
