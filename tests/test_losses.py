@@ -74,6 +74,16 @@ def test_local_ncc_of_an_image_with_itself_is_minus_one_and_constant_images_are_
     assert value.item() == pytest.approx(expected, rel=1e-4)
 
 
+def test_local_ncc_is_computed_in_float32_under_autocast() -> None:
+    image_i = torch.rand(1, 1, 16, 16, 16)
+    image_j = 0.5 * image_i + torch.rand_like(image_i)
+    expected = local_ncc_loss(image_i, image_j)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = local_ncc_loss(image_i, image_j)
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 def test_local_ncc_refuses_even_windows() -> None:
     image = torch.rand(1, 1, 4, 4, 4)
     with pytest.raises(ValueError, match="window must be a positive odd number, got 8"):

@@ -137,3 +137,14 @@ def test_bad_inputs_are_refused_with_clear_messages() -> None:
         warp(image, torch.zeros(1, 3, 4, 4, 5))
     with pytest.raises(ValueError, match="only be warped with mode='nearest'"):
         warp(torch.zeros(1, 1, 4, 4, 4, dtype=torch.long), torch.zeros(1, 3, 4, 4, 4))
+
+
+def test_bf16_displacements_are_sampled_in_float32() -> None:
+    # In bf16, coordinates near voxel 100 are only resolved to 0.5 voxel.
+    image = torch.rand(1, 1, 4, 4, 100)
+    displacement = torch.full((1, 3, 4, 4, 100), 0.3).bfloat16()
+    expected = warp(image, displacement.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        warped = warp(image, displacement)
+    assert warped.dtype == torch.float32
+    assert torch.allclose(warped, expected, atol=1e-6)

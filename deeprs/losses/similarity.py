@@ -35,13 +35,20 @@ def local_ncc_loss(
     ``cc = cross^2 / (var_I * var_J + eps)`` with ``cross``, ``var`` the sums of centred
     products. Returns ``-mean(cc)`` over all voxels, channels and samples, so lower is
     better and perfectly correlated images give -1. ``eps`` keeps constant regions at 0
-    instead of NaN. Computed in float32 whatever the autocast dtype.
+    instead of NaN. Computed in float32 with autocast off: the variances are differences of
+    large sums, which bf16 convolutions would wreck.
     """
     if window < 1 or window % 2 == 0:
         raise ValueError(f"window must be a positive odd number, got {window}")
     if warped.shape != fixed.shape:
         raise ValueError(f"shapes differ: {tuple(warped.shape)} vs {tuple(fixed.shape)}")
-    image_i, image_j = warped.float(), fixed.float()
+    with torch.autocast(device_type=warped.device.type, enabled=False):
+        return _local_ncc(warped.float(), fixed.float(), window, eps)
+
+
+def _local_ncc(
+    image_i: torch.Tensor, image_j: torch.Tensor, window: int, eps: float
+) -> torch.Tensor:
     size = float(window**3)
     sum_i = box_sum(image_i, window)
     sum_j = box_sum(image_j, window)

@@ -10,6 +10,8 @@ Conventions (used by every caller, stated only here):
   maps to ``-1`` and voxel ``size - 1`` to ``+1``, so voxel centres are sample points and no
   half-voxel shift appears. ``grid_sample`` wants its last axis in ``(x, y, z)`` order, so
   the channels are reversed when the grid is built.
+* Sampling runs in at least float32 with autocast switched off: a bf16 coordinate near
+  voxel 100 has a resolution of 0.5 voxel, which would wreck the warp under mixed precision.
 * Points that fall outside the volume take the value of the nearest border voxel
   (``padding_mode="border"``). The images are crops of a larger body, so zero padding would
   draw an artificial black frame that the similarity loss and the discriminator could
@@ -54,14 +56,22 @@ def _check_pair(image: torch.Tensor, displacement: torch.Tensor) -> None:
         )
 
 
+def _working_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float32, or float64 if a floating input is float64 (never bf16/fp16 for coordinates)."""
+    dtype = torch.float32
+    for tensor in tensors:
+        if torch.is_floating_point(tensor):
+            dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
 def sampling_grid(displacement: torch.Tensor) -> torch.Tensor:
     """The ``grid_sample`` grid ``(N, D, H, W, 3)`` (x, y, z in [-1, 1]) for ``p + u(p)``."""
     shape = tuple(int(size) for size in displacement.shape[2:])
-    locations = identity_grid(shape, displacement.device, displacement.dtype) + displacement
+    dtype = _working_dtype(displacement)
+    locations = identity_grid(shape, displacement.device, dtype) + displacement.to(dtype)
     scale = torch.tensor(
-        [2.0 / max(size - 1, 1) for size in shape],
-        device=displacement.device,
-        dtype=displacement.dtype,
+        [2.0 / max(size - 1, 1) for size in shape], device=displacement.device, dtype=dtype
     ).view(1, 3, 1, 1, 1)
     normalised = locations * scale - 1.0
     return normalised.permute(0, 2, 3, 4, 1).flip(-1)
@@ -74,6 +84,9 @@ def warp(
     padding_mode: str = "border",
 ) -> torch.Tensor:
     """Resample ``image`` at ``p + u(p)``.
+
+    Floating images come back in float32 (float64 if an input is float64), whatever the
+    autocast state; integer label maps keep their dtype.
 
     Args:
         image: ``(N, C, D, H, W)`` float tensor.
@@ -90,9 +103,12 @@ def warp(
     integer_input = not torch.is_floating_point(image)
     if integer_input and mode != "nearest":
         raise ValueError("integer images (label maps) can only be warped with mode='nearest'")
-    source = image.to(displacement.dtype) if integer_input else image
-    grid = sampling_grid(displacement).to(source.dtype)
-    warped = F.grid_sample(source, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    dtype = _working_dtype(image, displacement)
+    with torch.autocast(device_type=image.device.type, enabled=False):
+        grid = sampling_grid(displacement).to(dtype)
+        warped = F.grid_sample(
+            image.to(dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=True
+        )
     return warped.round().to(image.dtype) if integer_input else warped
 
 
@@ -124,5 +140,4 @@ def warp_labels_onehot(
     respect to the displacement, and each voxel's class probabilities still sum to one.
     ``num_classes`` includes background (``K + 1``).
     """
-    encoded = one_hot(labels, num_classes).to(displacement.dtype)
-    return warp(encoded, displacement, mode="bilinear")
+    return warp(one_hot(labels, num_classes), displacement, mode="bilinear")
