@@ -35,6 +35,13 @@ def save_figure(figure: plt.Figure, path: Path) -> Path:
     return Path(path)
 
 
+def dice_axis_floor(values: pd.Series) -> float:
+    """Lower end of a Dice (%) axis: the tens below the lowest value, so boxes are not
+    squeezed into the top of a 0-100 axis; the axis always ends at 100."""
+    lowest = values.min() if len(values) else 0.0
+    return 0.0 if pd.isna(lowest) else float(max(0.0, np.floor(lowest / 10.0) * 10.0))
+
+
 def _missing_note(missing: list[str]) -> str:
     return f"no metrics: {', '.join(missing)}" if missing else ""
 
@@ -81,7 +88,7 @@ def boxplot_dice(
         )
         axes.legend(
             title=None,
-            ncol=min(len(present), 5),
+            ncol=min(len(present), 8),
             fontsize=8,
             loc="lower left",
             bbox_to_anchor=(0, 1.02),
@@ -93,7 +100,7 @@ def boxplot_dice(
             0.5, 0.5, "no metrics for this task", ha="center", va="center", transform=axes.transAxes
         )
     axes.axvline(len(groups) - 1.5, color="0.6", linewidth=0.8, linestyle=":")
-    axes.set_ylim(0, 100)
+    axes.set_ylim(dice_axis_floor(data["dice_pct"]), 100)
     axes.set_xlabel("")
     axes.set_ylabel(f"{task.capitalize()} Dice (%)")
     note = _missing_note([title(m) for m in order if m not in present and not _skips_task(m, task)])
@@ -209,7 +216,7 @@ def label_amount_plot(
         axes.set_xticks(sorted(data["n_labels"].unique()))
         axes.legend(title=None, frameon=False, loc="lower right")
         axes.set_title(
-            "line: mean; band: ± 1 std over test images of all repeats; x: mean of one repeat",
+            "line: mean, band: ± 1 std over test images (all repeats), x: one repeat's mean",
             fontsize=7,
             color="0.3",
         )
@@ -220,7 +227,9 @@ def label_amount_plot(
     note = _missing_note([title(method) for method in order if method not in present])
     if note:
         axes.annotate(note, (0, -0.2), xycoords="axes fraction", fontsize=8, color="0.3")
-    axes.set_ylim(0, 100)
+    grouped = data.groupby(["label", "n_labels"])["dice_pct"]
+    band_bottom = (grouped.mean() - grouped.std().fillna(0)).reset_index(drop=True)
+    axes.set_ylim(dice_axis_floor(pd.concat([data["dice_pct"], band_bottom])), 100)
     axes.set_xlabel("labelled training images")
     axes.set_ylabel("Segmentation Dice (%), mean over structures")
     axes.grid(axis="y", color="0.9")

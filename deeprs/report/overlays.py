@@ -116,8 +116,7 @@ def draw_panels(panels: list[Panel], structures: list[str], out_path: Path, titl
 def _volume_tensor(volume: np.ndarray, device: torch.device, label: bool = False) -> torch.Tensor:
     """``(1, 1, D, H, W)`` on ``device``, padded for the nets (edge for images, 0 for labels)."""
     padded = pad_to_multiple(np.asarray(volume), mode="constant" if label else "edge")
-    tensor = torch.from_numpy(np.ascontiguousarray(padded))
-    tensor = tensor.long() if label else tensor.float()
+    tensor = torch.tensor(padded, dtype=torch.long if label else torch.float32)  # copies mmap data
     return tensor[None, None].to(device)
 
 

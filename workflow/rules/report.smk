@@ -1,0 +1,103 @@
+# The paper's tables and figures. `report` reads only metrics files, so it reruns in
+# seconds when one changes; `overlays` reads trained models and is kept apart.
+from deeprs.methods import get_method
+
+REPORT_DIR = f"{RESULTS}/report"
+OVERLAY_SPLIT = "fold_0"
+
+
+def report_fold_metrics():
+    """metrics.csv of every Table 1 and Table 2 method on every fold."""
+    methods = dict.fromkeys(config["methods"] + config["ablation"])
+    return [f"{RESULTS}/{method}/{fold}/metrics.csv" for method in methods for fold in fold_names()]
+
+
+def report_label_amount_metrics():
+    """metrics.csv of every label-amount run (Fig. 8)."""
+    return [
+        f"{RESULTS}/label_amount/{method}/{split}/metrics.csv"
+        for method in dict.fromkeys(config["label_amount_methods"])
+        for split in label_split_names()
+    ]
+
+
+def overlay_models():
+    """model.pt on the overlay split of every Table 1 method that trains."""
+    return [
+        f"{RESULTS}/{method}/{OVERLAY_SPLIT}/model.pt"
+        for method in dict.fromkeys(config["methods"])
+        if get_method(method).trains
+    ]
+
+
+def report_targets():
+    """The outputs of `report` and `overlays`, for `reproduce`."""
+    tables = [f"{REPORT_DIR}/table{n}.{suffix}" for n in (1, 2) for suffix in ("csv", "md", "html", "tex")]
+    figures = [f"{REPORT_DIR}/boxplot_{task}.{suffix}" for task in ("registration", "segmentation") for suffix in ("svg", "png")]
+    overlays = [f"{REPORT_DIR}/overlays_{task}.png" for task in ("registration", "segmentation")]
+    other = [f"{REPORT_DIR}/label_amount.csv", f"{REPORT_DIR}/label_amount.png", f"{REPORT_DIR}/per_fold.csv"]
+    return tables + figures + other + overlays
+
+
+rule report:
+    """Tables 1-2, box plots (Fig. 5), label-amount curve (Fig. 8) and per-fold Dice from the metrics."""
+    input:
+        fold_metrics=report_fold_metrics(),
+        label_amount_metrics=report_label_amount_metrics(),
+    output:
+        table1_html=report(f"{REPORT_DIR}/table1.html", caption="../report/table1.rst", category="Tables"),
+        table1_csv=report(f"{REPORT_DIR}/table1.csv", caption="../report/table1.rst", category="Tables"),
+        table1_other=multiext(f"{REPORT_DIR}/table1", ".md", ".tex"),
+        table2_html=report(f"{REPORT_DIR}/table2.html", caption="../report/table2.rst", category="Tables"),
+        table2_csv=report(f"{REPORT_DIR}/table2.csv", caption="../report/table2.rst", category="Tables"),
+        table2_other=multiext(f"{REPORT_DIR}/table2", ".md", ".tex"),
+        boxplot_registration=report(
+            f"{REPORT_DIR}/boxplot_registration.svg", caption="../report/boxplot_registration.rst", category="Figures"
+        ),
+        boxplot_segmentation=report(
+            f"{REPORT_DIR}/boxplot_segmentation.svg", caption="../report/boxplot_segmentation.rst", category="Figures"
+        ),
+        boxplot_png=multiext(f"{REPORT_DIR}/boxplot_", "registration.png", "segmentation.png"),
+        label_amount_png=report(f"{REPORT_DIR}/label_amount.png", caption="../report/label_amount.rst", category="Figures"),
+        label_amount_csv=report(f"{REPORT_DIR}/label_amount.csv", caption="../report/label_amount.rst", category="Tables"),
+        per_fold=report(f"{REPORT_DIR}/per_fold.csv", caption="../report/per_fold.rst", category="Tables"),
+    params:
+        methods=" ".join(config["methods"]),
+        ablation=" ".join(config["ablation"]),
+        folds=" ".join(str(k) for k in range(config["folds"]["n_folds"])),
+        structures=" ".join(config["data"]["labels"]),
+        label_amount_methods=" ".join(config["label_amount_methods"]),
+        label_amounts=" ".join(str(n) for n in sorted(set(config["folds"]["label_amounts"]))),
+        repeats=config["folds"]["label_amount_repeats"],
+    log:
+        f"{LOGS}/report.log",
+    shell:
+        "deeprs report --results {RESULTS:q} --out {REPORT_DIR:q}"
+        " --methods {params.methods} --ablation {params.ablation} --folds {params.folds}"
+        " --structures {params.structures} --label-amount-methods {params.label_amount_methods}"
+        " --label-amounts {params.label_amounts} --repeats {params.repeats} > {log:q} 2>&1"
+
+
+rule overlays:
+    """One slice per method of a test pair (Fig. 6) and a test image (Fig. 7), from the models."""
+    input:
+        manifest=f"{RESULTS}/preprocessed/manifest.json",
+        split=f"{RESULTS}/splits/{OVERLAY_SPLIT}.json",
+        models=overlay_models(),
+    output:
+        registration=report(
+            f"{REPORT_DIR}/overlays_registration.png", caption="../report/overlays_registration.rst", category="Figures"
+        ),
+        segmentation=report(
+            f"{REPORT_DIR}/overlays_segmentation.png", caption="../report/overlays_segmentation.rst", category="Figures"
+        ),
+    params:
+        methods=" ".join(config["methods"]),
+        device=config["train"]["device"],
+    threads: config["train"]["threads"]
+    log:
+        f"{LOGS}/overlays.log",
+    shell:
+        "python -m deeprs.report.overlays --manifest {input.manifest:q} --split {input.split:q}"
+        " --results {RESULTS:q} --methods {params.methods} --out-dir {REPORT_DIR:q}"
+        " --device {params.device} --threads {threads} > {log:q} 2>&1"
