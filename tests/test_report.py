@@ -426,3 +426,19 @@ def test_overlay_figures_are_drawn_from_saved_models(overlays, tmp_path: Path) -
     ]
     for path in written:
         assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 5000
+
+
+def test_cli_writes_the_report_and_reports_a_bad_file_in_one_line(tmp_path: Path, capsys) -> None:
+    from deeprs.cli import main
+
+    write_metrics_set(tmp_path)
+    arguments = ["report", "--results", str(tmp_path), "--out", str(tmp_path / "out")]
+    arguments += ["--methods", *TABLE1_METHODS, "--ablation", *ABLATION, "--folds", "0", "1"]
+    arguments += ["--structures", *STRUCTURES]
+    assert main(arguments) == 0
+    assert pd.read_csv(tmp_path / "out" / "table1.csv")["method"].tolist() == TABLE1_METHODS
+    (tmp_path / "affine" / "fold_1" / "metrics.csv").write_text("method,fold\naffine,1\n")
+    assert main(arguments) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("deeprs report: error: metrics file '")
+    assert message.count("\n") == 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from deeprs.errors import DeeprsError
+
 REFERENCE_METHOD = "deeprs"
 """The method every other row is tested against (paired Wilcoxon)."""
 
@@ -113,7 +115,7 @@ def method_title(name: str) -> str:
         from deeprs.methods import get_method
 
         return str(get_method(name).title)
-    except Exception:  # the registry is optional here: any unknown name prints as itself
+    except (ImportError, DeeprsError):  # a name the registry does not know prints as itself
         return name
 
 
