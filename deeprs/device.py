@@ -1,0 +1,64 @@
+"""Device selection, mixed precision and CPU threads: the only device-specific code.
+
+Everything else takes a ``torch.device`` and moves tensors with ``.to(device)``, so the
+same code runs on a laptop CPU, an Apple GPU and a CUDA workstation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from deeprs.errors import ConfigError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; an unavailable choice is an error."""
+    if name not in DEVICE_CHOICES:
+        raise ConfigError(
+            f"config key 'train.device': '{name}' is not one of {', '.join(DEVICE_CHOICES)}"
+        )
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": _mps_available()}
+    if not available[name]:
+        raise ConfigError(
+            f"config key 'train.device' asks for '{name}' but this machine has no such "
+            "device; set it to 'auto' or 'cpu'"
+        )
+    return torch.device(name)
+
+
+def uses_mixed_precision(device: torch.device, cpu_bf16: bool = False) -> bool:
+    """bf16 autocast on CUDA; on the CPU only when asked (it rarely pays off there)."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_bf16)
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, cpu_bf16: bool = False) -> Iterator[None]:
+    """Mixed-precision region for the forward passes (bf16 needs no loss scaling)."""
+    if uses_mixed_precision(device, cpu_bf16):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+def set_threads(threads: int) -> None:
+    """Use ``threads`` CPU threads for torch's intra-op work (the rule's ``threads``)."""
+    if threads < 1:
+        raise ConfigError(f"config key 'train.threads' must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
