@@ -41,14 +41,21 @@ from deeprs.train.sampling import crop_to_shape, pad_to_multiple  # noqa: E402
 
 LOG = logging.getLogger(__name__)
 
+TARGET_NAMES = {"registration": "fixed label (dashed)", "segmentation": "ground truth (dashed)"}
+
 
 @dataclass
 class Panel:
-    """One image of the figure: a 2-D slice, its class map (0 = background) and a title."""
+    """One image of the figure: a 2-D slice, its class map (0 = background) and a title.
+
+    ``target``, when given, is drawn dashed under ``label``: the fixed label under a warped
+    one, the ground truth under a prediction, so a mismatch shows without flipping panels.
+    """
 
     title: str
     image: np.ndarray | None
     label: np.ndarray | None
+    target: np.ndarray | None = None
 
 
 def pick_slice(label: np.ndarray) -> int:
@@ -64,7 +71,28 @@ def pick_slice(label: np.ndarray) -> int:
     return int(np.lexsort((-foreground_per_slice, -classes_per_slice))[0])
 
 
-def draw_panels(panels: list[Panel], structures: list[str], out_path: Path, title: str) -> Path:
+def _draw_contours(
+    axes: plt.Axes, label: np.ndarray, structures: list[str], linestyle: str, linewidth: float
+) -> None:
+    for index, structure in enumerate(structures, start=1):
+        mask = label == index
+        if mask.any():
+            axes.contour(
+                mask.astype(np.float32),
+                levels=[0.5],
+                colors=[structure_colour(structure, structures)],
+                linestyles=[linestyle],
+                linewidths=linewidth,
+            )
+
+
+def draw_panels(
+    panels: list[Panel],
+    structures: list[str],
+    out_path: Path,
+    title: str,
+    target_name: str = "reference (dashed)",
+) -> Path:
     """A grid of panels with one contour colour per structure and a legend of structures."""
     columns = min(len(panels), 6)
     rows = -(-len(panels) // columns)
@@ -80,28 +108,25 @@ def draw_panels(panels: list[Panel], structures: list[str], out_path: Path, titl
             axes.text(0.5, 0.5, "missing", ha="center", va="center", transform=axes.transAxes)
             continue
         axes.imshow(panel.image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-        if panel.label is None:
-            continue
-        for index, structure in enumerate(structures, start=1):
-            mask = panel.label == index
-            if mask.any():
-                axes.contour(
-                    mask.astype(np.float32),
-                    levels=[0.5],
-                    colors=[structure_colour(structure, structures)],
-                    linewidths=1.0,
-                )
+        if panel.target is not None:
+            _draw_contours(axes, panel.target, structures, linestyle="--", linewidth=0.7)
+        if panel.label is not None:
+            _draw_contours(axes, panel.label, structures, linestyle="-", linewidth=1.1)
     for axes in list(axes_grid.flat)[len(panels) :]:
         axes.axis("off")
     handles = [
         Line2D([0], [0], color=structure_colour(name, structures), linewidth=2)
         for name in structures
     ]
+    names = [structure_title(name) for name in structures]
+    if any(panel.target is not None for panel in panels):
+        handles.append(Line2D([0], [0], color="0.4", linestyle="--", linewidth=1))
+        names.append(target_name)
     figure.legend(
         handles,
-        [structure_title(name) for name in structures],
+        names,
         loc="lower center",
-        ncol=len(structures),
+        ncol=len(handles),
         frameon=False,
         fontsize=9,
     )
@@ -204,7 +229,9 @@ def registration_panels(
         warped_image, warped_label = register_pair(
             models.get("registration"), moving_image, fixed_image, moving_label, device
         )
-        panels.append(Panel(method_title(method), warped_image[z], warped_label[z]))
+        panels.append(
+            Panel(method_title(method), warped_image[z], warped_label[z], target=fixed_label[z])
+        )
     return panels, z
 
 
@@ -230,7 +257,12 @@ def segmentation_panels(
                 f"the model of '{method}' for split '{split.name}' has no segmentation network; retrain it"
             )
         panels.append(
-            Panel(method_title(method), image[z], segment(models["segmentation"], image, device)[z])
+            Panel(
+                method_title(method),
+                image[z],
+                segment(models["segmentation"], image, device)[z],
+                target=label[z],
+            )
         )
     return panels, z
 
@@ -255,9 +287,8 @@ def draw_overlays(
     ):
         panels, z = build(manifest, split, methods, load, device)
         title = f"{task.capitalize()}, {split.name}, axial slice {z}"
-        written.append(
-            draw_panels(panels, structures, Path(out_dir) / f"overlays_{task}.png", title)
-        )
+        out_path = Path(out_dir) / f"overlays_{task}.png"
+        written.append(draw_panels(panels, structures, out_path, title, TARGET_NAMES[task]))
     return written
 
 
