@@ -8,6 +8,7 @@ from deeprs.errors import ConfigError
 
 
 configfile: "config/config.yaml"
+report: "workflow/report/workflow.rst"
 
 
 try:
@@ -19,6 +20,7 @@ except ConfigError as error:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/split.smk"
+include: "workflow/rules/report.smk"
 
 
 rule reproduce:

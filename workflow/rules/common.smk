@@ -46,4 +46,5 @@ def reproduce_targets():
     if config["data"]["source"] == "phantom":
         targets += raw_cohort_files() + [f"{DATA_DIR}/mosaic.png"]
     targets += [f"{RESULTS}/splits/{name}.json" for name in split_names()]
+    targets += report_targets()  # defined in report.smk
     return targets
