@@ -31,22 +31,29 @@ TABLE1_METHODS = ["affine", "voxelmorph2", "unet3d", "deepatlas", "deeprs"]
 ABLATION = ["ablation_r", "unet3d", "deeprs"]
 
 
-def samples_of(task: str, fold: int) -> list[str]:
-    cases = CASES[fold]
+def samples_of(task: str, cases: list[str]) -> list[str]:
     if task == "segmentation":
         return cases
     return [f"{moving}->{fixed}" for moving in cases for fixed in cases if moving != fixed]
 
 
-def metrics_rows(method: str, fold: str, tasks: dict[str, float], seed: int) -> pd.DataFrame:
+def metrics_rows(
+    method: str,
+    fold: str,
+    tasks: dict[str, float],
+    seed: int,
+    cases: list[str] | None = None,
+    structures: list[str] = STRUCTURES,
+) -> pd.DataFrame:
     """Rows in the format of docs/architecture.md with seeded values around each level."""
     generator = np.random.default_rng(seed)
     rows = []
-    fold_number = int(fold) if fold.isdigit() else 0
+    if cases is None:
+        cases = CASES[int(fold) if fold.isdigit() else 0]
     for task, level in tasks.items():
-        for sample in samples_of(task, fold_number):
+        for sample in samples_of(task, cases):
             folding = float(generator.uniform(0, 2)) if task == "registration" else math.nan
-            for structure in STRUCTURES:
+            for structure in structures:
                 rows.append(
                     {
                         "method": method,
@@ -442,3 +449,56 @@ def test_cli_writes_the_report_and_reports_a_bad_file_in_one_line(tmp_path: Path
     message = capsys.readouterr().err.strip()
     assert message.startswith("deeprs report: error: metrics file '")
     assert message.count("\n") == 0
+
+
+@pytest.mark.slow
+def test_snakemake_report_rule_and_html_report(tmp_path: Path, repo_root: Path) -> None:
+    """The `report` rule runs on hand-made metrics of the smoke config, then `--report`."""
+    import subprocess
+    import sys
+
+    from deeprs.config import load_config
+    from deeprs.report.paper import TABLE1, TABLE2
+
+    config = load_config(repo_root / "config" / "smoke.yaml")
+    results = tmp_path / "results"
+    structures = list(config["data"]["labels"])
+    for index, method in enumerate(dict.fromkeys(config["methods"] + config["ablation"])):
+        row = TABLE1.get(method) or TABLE2[method]
+        tasks = {task: 0.7 for task in ("registration", "segmentation") if getattr(row, task)}
+        for fold in range(config["folds"]["n_folds"]):
+            cases = [f"f{fold}c{case}" for case in range(3)]
+            frame = metrics_rows(method, str(fold), tasks, 10 * index + fold, cases, structures)
+            path = results / method / f"fold_{fold}" / "metrics.csv"
+            path.parent.mkdir(parents=True)
+            frame.to_csv(path, index=False)
+    for method in config["label_amount_methods"]:
+        for n_labels in config["folds"]["label_amounts"]:
+            for repeat in range(config["folds"]["label_amount_repeats"]):
+                split = f"labels_{n_labels}_rep_{repeat}"
+                rows = metrics_rows(
+                    method, split, {"segmentation": 0.7}, n_labels, ["a", "b"], structures
+                )
+                path = label_amount_metrics_path(results, method, n_labels, repeat)
+                path.parent.mkdir(parents=True)
+                rows.to_csv(path, index=False)
+    command = [sys.executable, "-m", "snakemake", "-s", str(repo_root / "Snakefile")]
+    command += [
+        "--configfile",
+        str(repo_root / "config" / "smoke.yaml"),
+        "--directory",
+        str(tmp_path),
+    ]
+    command += ["--allowed-rules", "report", "--cores", "1"]
+    run = subprocess.run([*command, "results/report/table1.csv"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert pd.read_csv(results / "report" / "table1.csv")["status"].eq("ok").all()
+    html = tmp_path / "report.html"
+    run = subprocess.run(
+        [*command, "--report", str(html), "results/report/table1.csv"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    text = html.read_text()
+    assert "DeepRS against the baselines" in text and "Fig. 8" in text
