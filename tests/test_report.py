@@ -454,6 +454,7 @@ def test_cli_writes_the_report_and_reports_a_bad_file_in_one_line(tmp_path: Path
 @pytest.mark.slow
 def test_snakemake_report_rule_and_html_report(tmp_path: Path, repo_root: Path) -> None:
     """The `report` rule runs on hand-made metrics of the smoke config, then `--report`."""
+    import os
     import subprocess
     import sys
 
@@ -490,7 +491,14 @@ def test_snakemake_report_rule_and_html_report(tmp_path: Path, repo_root: Path) 
         str(tmp_path),
     ]
     command += ["--allowed-rules", "report", "--cores", "1"]
-    run = subprocess.run([*command, "results/report/table1.csv"], capture_output=True, text=True)
+    # The rule calls `deeprs`: put this interpreter's scripts folder first on the PATH.
+    environment = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    run = subprocess.run(
+        [*command, "results/report/table1.csv"], capture_output=True, text=True, env=environment
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert pd.read_csv(results / "report" / "table1.csv")["status"].eq("ok").all()
     html = tmp_path / "report.html"
@@ -498,6 +506,7 @@ def test_snakemake_report_rule_and_html_report(tmp_path: Path, repo_root: Path) 
         [*command, "--report", str(html), "results/report/table1.csv"],
         capture_output=True,
         text=True,
+        env=environment,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     text = html.read_text()
