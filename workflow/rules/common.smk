@@ -1,6 +1,8 @@
 # Paths, wildcard constraints and input functions shared by the rule files.
 from pathlib import Path
 
+from deeprs.methods import METHODS, get_method
+
 RESULTS = config["results"]
 LOGS = config["logs"]
 DATA_DIR = config["data"]["dir"]
@@ -38,6 +40,27 @@ def label_split_names():
 
 def split_names():
     return fold_names() + label_split_names()
+
+
+def method_of_run(run):
+    """`deeprs` for the run `deeprs`, `unet3d` for the run `label_amount/unet3d`."""
+    return run.split("/")[-1]
+
+
+# `{run}` is a method name or `label_amount/<method>`; `{split}` a split file's name.
+RUN_PATTERN = r"(label_amount/)?(" + "|".join(METHODS) + ")"
+SPLIT_PATTERN = r"(fold_\d+|labels_\d+_rep_\d+)"
+
+
+def evaluate_inputs(wildcards):
+    """Split, manifest and, for trained methods only, the model of `{run}` on `{split}`."""
+    inputs = {
+        "split": f"{RESULTS}/splits/{wildcards.split}.json",
+        "manifest": f"{RESULTS}/preprocessed/manifest.json",
+    }
+    if get_method(method_of_run(wildcards.run)).trains:
+        inputs["model"] = f"{RESULTS}/{wildcards.run}/{wildcards.split}/model.pt"
+    return inputs
 
 
 def reproduce_targets():
