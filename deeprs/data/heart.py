@@ -45,7 +45,7 @@ def heart_layout(subject: Subject) -> HeartLayout:
         lv_centre=lv_centre,
         base=base,
         la_centre=base + np.array([4.0, 24.0, 12.0]),
-        ra_centre=base + np.array([-27.0, -6.0, 3.0]),
+        ra_centre=base + np.array([-26.0, -3.0, 5.0]),
         aorta_path=aortic_valve
         + np.array([[0.0, 0.0, 0.0], [-6.0, -8.0, 25.0], [-10.0, -4.0, 50.0]]),
     )
@@ -74,7 +74,7 @@ def heart_parts(subject: Subject, layout: HeartLayout) -> list[Part]:
     rv_base_cut = HalfSpace(rv_centre - 0.7 * rv_radii[0] * axis, -axis).field
 
     la = Ellipsoid(layout.la_centre, np.eye(3), np.array([27.0, 19.0, 22.0]) * scale["la"])
-    ra = Ellipsoid(layout.ra_centre, np.eye(3), np.array([24.0, 22.0, 27.0]) * scale["ra"])
+    ra = Ellipsoid(layout.ra_centre, np.eye(3), np.array([24.0, 25.0, 27.0]) * scale["ra"])
     ascending = tube_along(layout.aorta_path, subject.aorta_radius, 0.95 * subject.aorta_radius)
 
     pulmonary_valve = layout.base + np.array([6.0, -26.0, 8.0])

@@ -12,9 +12,11 @@ rule phantom:
         labels=config["data"]["labels"],
     log:
         f"{LOGS}/phantom.log",
+    # Cases are independent: two processes halve the time (about 15 s for the demo cohort).
+    threads: 2
     shell:
         "deeprs phantom --out {DATA_DIR:q}"
         " --n-labelled {params.settings[n_labelled]} --n-unlabelled {params.settings[n_unlabelled]}"
         " --shape {params.settings[shape][0]} {params.settings[shape][1]} {params.settings[shape][2]}"
         " --spacing {params.settings[spacing][0]} {params.settings[spacing][1]} {params.settings[spacing][2]}"
-        " --seed {params.seed} > {log:q} 2>&1"
+        " --seed {params.seed} --workers {threads} > {log:q} 2>&1"
