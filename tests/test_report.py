@@ -259,7 +259,7 @@ def test_missing_label_amount_runs_are_listed(tmp_path: Path) -> None:
     request = ReportRequest(
         results=tmp_path,
         out=tmp_path / "report",
-        methods=["deeprs"],
+        methods=["voxelmorph2", "deeprs"],
         ablation=[],
         folds=[0],
         label_amount_methods=["unet3d"],
@@ -270,7 +270,11 @@ def test_missing_label_amount_runs_are_listed(tmp_path: Path) -> None:
     table = pd.read_csv(tmp_path / "report" / "label_amount.csv")
     assert table["status"].tolist() == ["missing", "missing"]
     summary = pd.read_csv(tmp_path / "report" / "table1.csv")
-    assert summary["status"].tolist() == ["missing"]
+    assert summary["status"].tolist() == ["missing", "missing"]
+    markdown = (tmp_path / "report" / "table1.md").read_text()
+    # A missing method shows "missing" for the tasks it does and "-" for the others.
+    assert "| VoxelMorph-2 (missing) | missing | 71.7 ± 10.6 | - | - | - | - |" in markdown
+    assert "| DeepRS (missing) | missing | 77.6 ± 7.9 | - | missing | 85.7 ± 7.7 | - |" in markdown
 
 
 def test_partial_method_is_marked(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from matplotlib.colors import to_rgba  # noqa: E402
 
 from deeprs.io import atomic_path  # noqa: E402
 from deeprs.report.collect import sample_scores  # noqa: E402
-from deeprs.report.paper import REFERENCE_METHOD, TABLE1, TABLE2, method_colour  # noqa: E402
+from deeprs.report.paper import REFERENCE_METHOD, does_task, method_colour  # noqa: E402
 
 MEAN_GROUP = "Mean"
 
@@ -103,19 +103,13 @@ def boxplot_dice(
     axes.set_ylim(dice_axis_floor(data["dice_pct"]), 100)
     axes.set_xlabel("")
     axes.set_ylabel(f"{task.capitalize()} Dice (%)")
-    note = _missing_note([title(m) for m in order if m not in present and not _skips_task(m, task)])
+    note = _missing_note([title(m) for m in order if m not in present and does_task(m, task)])
     if note:
         axes.annotate(note, (0, -0.12), xycoords="axes fraction", fontsize=8, color="0.3")
     sns.despine(ax=axes)
     paths = [save_figure(figure, Path(f"{out_stem}.{suffix}")) for suffix in ("svg", "png")]
     plt.close(figure)
     return paths
-
-
-def _skips_task(method: str, task: str) -> bool:
-    """True when the paper's tables show "-" for this method and task (not a gap)."""
-    row = TABLE1.get(method) or TABLE2.get(method)
-    return row is not None and getattr(row, task) is None
 
 
 def _outline_reference(axes: plt.Axes, reference_label: str, reference_colour: str) -> None:

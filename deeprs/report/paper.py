@@ -124,6 +124,13 @@ def ablation_title(name: str) -> str:
     return TABLE2[name].title if name in TABLE2 else method_title(name)
 
 
+def does_task(name: str, task: str) -> bool:
+    """False when the paper's tables print "-" for this method and task (``registration``
+    or ``segmentation``); methods the paper does not list are assumed to do both."""
+    row = TABLE1.get(name) or TABLE2.get(name)
+    return row is None or getattr(row, task) is not None
+
+
 def method_colour(name: str, order: list[str]) -> str:
     """The fixed colour of a method; names the table does not know get a stable fallback."""
     if name in METHOD_COLOURS:

@@ -22,7 +22,7 @@ from scipy import stats
 
 from deeprs.io import write_text
 from deeprs.report.collect import TASK_PREFIX, TASKS, MetricsSet, sample_scores
-from deeprs.report.paper import REFERENCE_METHOD, PaperRow
+from deeprs.report.paper import REFERENCE_METHOD, PaperRow, does_task
 
 
 def paired_wilcoxon(
@@ -156,11 +156,10 @@ def display_table(
             prefix = TASK_PREFIX[task]
             key = prefix.lower()
             has_task = record[f"{key}_n_samples"] > 0
-            ours = (
-                "missing"
-                if missing
-                else _cell(record[f"{key}_dice_mean"], record[f"{key}_dice_std"])
-            )
+            if missing:
+                ours = "missing" if does_task(record["method"], task) else "-"
+            else:
+                ours = _cell(record[f"{key}_dice_mean"], record[f"{key}_dice_std"])
             row[f"{prefix}-Dice %"] = ours
             row[f"{prefix}-Dice % (paper)"] = _cell(
                 record[f"{key}_paper_mean"], record[f"{key}_paper_std"]
