@@ -13,12 +13,13 @@ import torch
 from torch import nn
 
 from deeprs.cli import main
-from deeprs.data.cases import load_manifest, load_split
+from deeprs.data.cases import Split, load_manifest, load_split
 from deeprs.evaluate.cli import COLUMNS, evaluate_split, load_test_volumes
 from deeprs.evaluate.metrics import hd95
 from deeprs.methods import get_method
 from deeprs.nets import UNet3D, VoxelMorph2
 from deeprs.train.checkpoint import save_model
+from deeprs.train.trainer import TrainSettings, train
 
 LABELS = {"a": 1, "b": 2}
 SHAPE = (6, 10, 12)  # (z, y, x), padded to 16^3 for the nets
@@ -237,3 +238,24 @@ def test_bad_inputs_have_clear_messages(
     assert evaluate(cohort, tmp_path / "m.csv", "deepatlas", model) == 2
     assert "method 'deepatlas' needs a 'segmentation' network" in capsys.readouterr().err
     assert not (tmp_path / "m.csv").exists()
+
+
+def test_model_written_by_the_trainer_evaluates(cohort: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest_path, split_path = cohort
+    manifest = load_manifest(manifest_path)
+    split = Split("fold_0", 0, ["c0"], ["u0"], ["c1", "c2"])
+    split_file = tmp_path / "fold_0.json"
+    split_file.write_text(json.dumps(split.to_json()))
+    settings = TrainSettings(iterations=2, width=0.25, checkpoint_every=1, seed=0)
+    result = train(
+        get_method("deeprs"), manifest, split, settings, tmp_path / "run", torch.device("cpu")
+    )
+    out = tmp_path / "metrics.csv"
+    assert evaluate((manifest_path, split_file), out, "deeprs", result.model_path) == 0
+    table = pd.read_csv(out)
+    assert table.groupby("task").size().to_dict() == {
+        "registration": 2 * len(LABELS),
+        "segmentation": 2 * len(LABELS),
+    }
+    registration = table[table["task"] == "registration"]
+    assert registration["nonpositive_jacobian_pct"].between(0, 100).all()
