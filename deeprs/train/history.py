@@ -42,7 +42,7 @@ def empty_row(iteration: int) -> dict[str, float]:
 
 
 def write_losses_csv(history: list[dict[str, float]], path: Path) -> None:
-    frame = pd.DataFrame(history, columns=COLUMNS)
+    frame = pd.DataFrame(history, columns=COLUMNS).astype(float)
     frame["iteration"] = frame["iteration"].astype(int)
     with atomic_path(path) as temporary:
         frame.to_csv(temporary, index=False)
