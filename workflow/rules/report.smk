@@ -1,5 +1,7 @@
 # The paper's tables and figures. `report` reads only metrics files, so it reruns in
 # seconds when one changes; `overlays` reads trained models and is kept apart.
+from pathlib import Path
+
 from deeprs.methods import get_method
 
 REPORT_DIR = f"{RESULTS}/report"
@@ -62,6 +64,8 @@ rule report:
         label_amount_csv=report(f"{REPORT_DIR}/label_amount.csv", caption="../report/label_amount.rst", category="Tables"),
         per_fold=report(f"{REPORT_DIR}/per_fold.csv", caption="../report/per_fold.rst", category="Tables"),
     params:
+        results=RESULTS,
+        out=lambda wildcards, output: Path(output.per_fold).parent,
         methods=" ".join(config["methods"]),
         ablation=" ".join(config["ablation"]),
         folds=" ".join(str(k) for k in range(config["folds"]["n_folds"])),
@@ -72,7 +76,7 @@ rule report:
     log:
         f"{LOGS}/report.log",
     shell:
-        "deeprs report --results {RESULTS:q} --out {REPORT_DIR:q}"
+        "deeprs report --results {params.results:q} --out {params.out:q}"
         " --methods {params.methods} --ablation {params.ablation} --folds {params.folds}"
         " --structures {params.structures} --label-amount-methods {params.label_amount_methods}"
         " --label-amounts {params.label_amounts} --repeats {params.repeats} > {log:q} 2>&1"
@@ -92,6 +96,8 @@ rule overlays:
             f"{REPORT_DIR}/overlays_segmentation.png", caption="../report/overlays_segmentation.rst", category="Figures"
         ),
     params:
+        results=RESULTS,
+        out=lambda wildcards, output: Path(output.registration).parent,
         methods=" ".join(config["methods"]),
         device=config["train"]["device"],
     threads: config["train"]["threads"]
@@ -99,5 +105,5 @@ rule overlays:
         f"{LOGS}/overlays.log",
     shell:
         "python -m deeprs.report.overlays --manifest {input.manifest:q} --split {input.split:q}"
-        " --results {RESULTS:q} --methods {params.methods} --out-dir {REPORT_DIR:q}"
+        " --results {params.results:q} --methods {params.methods} --out-dir {params.out:q}"
         " --device {params.device} --threads {threads} > {log:q} 2>&1"
