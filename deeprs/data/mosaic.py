@@ -1,7 +1,8 @@
 """A PNG overview of a few cases: axial, coronal and sagittal slices through the heart.
 
-Each row is one case with its label overlaid in one colour per structure and a shared
-legend, so a person sees at a glance what the phantom (or any MM-WHS-style cohort) holds.
+Each row is one case: the axial CT alone, then axial, coronal and sagittal slices with its
+label overlaid in one colour per structure (shared legend), so a person sees at a glance
+both the image and what the phantom (or any MM-WHS-style cohort) labels.
 Views are radiological: axial with the patient's left on the right and anterior up,
 coronal and sagittal with superior up; pixels are drawn at their physical size.
 """
@@ -40,7 +41,7 @@ def write_mosaic(
     names = list(labels)
     colours = ListedColormap(STRUCTURE_COLOURS[: len(names)])
     figure, axes = plt.subplots(
-        len(cases), 3, figsize=(10.5, 3.4 * len(cases) + 0.6), squeeze=False
+        len(cases), 4, figsize=(14.0, 3.8 * len(cases) + 0.6), squeeze=False
     )
     for row, (case_id, image_path, label_path) in enumerate(cases):
         image, (sx, sy, sz) = _read(image_path)
@@ -55,6 +56,7 @@ def write_mosaic(
         )
         nz, ny, nx = image.shape
         views = [
+            ("axial CT", image[z], np.zeros_like(classes[z]), [0, nx * sx, ny * sy, 0]),
             ("axial", image[z], classes[z], [0, nx * sx, ny * sy, 0]),
             ("coronal", image[::-1, y, :], classes[::-1, y, :], [0, nx * sx, 0, nz * sz]),
             ("sagittal", image[::-1, :, x], classes[::-1, :, x], [0, ny * sy, 0, nz * sz]),
