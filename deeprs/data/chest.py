@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from deeprs.data.geometry import Grid
-from deeprs.data.painting import Part, intersect, paint_parts
+from deeprs.data.painting import Part, intersect, make_part, paint_parts
 from deeprs.data.shapes import Cuboid, periodic_bands, vertical_tube
 from deeprs.data.subject import Subject, Tissue
 
@@ -45,9 +45,8 @@ def chest_parts(subject: Subject) -> list[Part]:
     oesophagus = vertical_tube(6.0, vertebra_y - 30.0, 8.0)
     trachea_wall = vertical_tube(0.0, vertebra_y - 40.0, 11.0, z_low=heart_z + 75.0)
     trachea_lumen = vertical_tube(0.0, vertebra_y - 40.0, 9.0, z_low=heart_z + 75.0)
-
-    def part(name: str, shape, tissue: Tissue, field=None) -> Part:
-        return Part(name, field or shape.field, shape.bounds(), tissue)
+    between_discs = lambda points: 7.0 - levels(points)  # noqa: E731 (the mid-vertebra slabs)
+    part = make_part
 
     return [
         part("vertebral body", vertebra, Tissue.CORTICAL_BONE),
@@ -57,7 +56,7 @@ def chest_parts(subject: Subject) -> list[Part]:
             "transverse processes",
             processes,
             Tissue.CORTICAL_BONE,
-            intersect(processes.field, lambda p: 7.0 - levels(p)),
+            intersect(processes.field, between_discs),
         ),
         part("vertebral arch", vertical_tube(0.0, canal_y, 12.0), Tissue.CORTICAL_BONE),
         part("spinous process", spinous, Tissue.CORTICAL_BONE),

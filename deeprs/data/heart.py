@@ -16,6 +16,13 @@ from deeprs.data.painting import Part, intersect, make_part, subtract
 from deeprs.data.shapes import Ellipsoid, HalfSpace, Tube, tube_along, unit
 from deeprs.data.subject import Subject, Tissue
 
+# Semi-axes (mm) at chamber scale 1, before the subject's own scale.
+LV_CAVITY_RADII = np.array([42.0, 24.0, 24.0])
+LA_RADII = np.array([27.0, 19.0, 22.0])
+RA_RADII = np.array([24.0, 25.0, 27.0])
+RV_HALF_LENGTH = 38.0
+RV_WALL_MM = 3.5
+
 
 @dataclass(frozen=True)
 class HeartLayout:
@@ -36,7 +43,7 @@ def heart_layout(subject: Subject) -> HeartLayout:
     right_forward = np.array([-0.6, -1.0, 0.0])
     towards_rv = unit(right_forward - (right_forward @ long_axis) * long_axis)
     lv_centre = 12.0 * long_axis
-    lv_length = 42.0 * subject.chamber_scale["lv"]
+    lv_length = LV_CAVITY_RADII[0] * subject.chamber_scale["lv"]
     base = lv_centre - 0.62 * lv_length * long_axis
     aortic_valve = base + np.array([-6.0, -4.0, 4.0])
     return HeartLayout(
@@ -61,20 +68,20 @@ def heart_parts(subject: Subject, layout: HeartLayout) -> list[Part]:
     """
     scale = subject.chamber_scale
     axis, axes = layout.long_axis, layout.lv_axes
-    cavity_radii = np.array([42.0, 24.0, 24.0]) * scale["lv"]
+    cavity_radii = LV_CAVITY_RADII * scale["lv"]
     outer_radii = cavity_radii + np.array([0.8, 1.0, 1.0]) * subject.myocardium_mm
     lv_cavity = Ellipsoid(layout.lv_centre, axes, cavity_radii)
     lv_outer = Ellipsoid(layout.lv_centre, axes, outer_radii)
     lv_base_cut = HalfSpace(layout.base, -axis).field
 
-    rv_radii = np.array([38.0, 0.85 * outer_radii[1], 1.2 * outer_radii[2]]) * scale["rv"]
+    rv_radii = np.array([RV_HALF_LENGTH, 0.85 * outer_radii[1], 1.2 * outer_radii[2]]) * scale["rv"]
     rv_centre = layout.lv_centre - 6.0 * axis + 0.75 * outer_radii[1] * axes[1]
     rv = Ellipsoid(rv_centre, axes, rv_radii)
-    rv_wall = Ellipsoid(rv_centre, axes, rv_radii + 3.5)
+    rv_wall = Ellipsoid(rv_centre, axes, rv_radii + RV_WALL_MM)
     rv_base_cut = HalfSpace(rv_centre - 0.7 * rv_radii[0] * axis, -axis).field
 
-    la = Ellipsoid(layout.la_centre, np.eye(3), np.array([27.0, 19.0, 22.0]) * scale["la"])
-    ra = Ellipsoid(layout.ra_centre, np.eye(3), np.array([24.0, 25.0, 27.0]) * scale["ra"])
+    la = Ellipsoid(layout.la_centre, np.eye(3), LA_RADII * scale["la"])
+    ra = Ellipsoid(layout.ra_centre, np.eye(3), RA_RADII * scale["ra"])
     ascending = tube_along(layout.aorta_path, subject.aorta_radius, 0.95 * subject.aorta_radius)
 
     pulmonary_valve = layout.base + np.array([6.0, -26.0, 8.0])

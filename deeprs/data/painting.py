@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deeprs.data.geometry import Affine, Box, Grid
-from deeprs.data.shapes import Ellipsoid, Tube
+from deeprs.data.shapes import Shape
 from deeprs.data.subject import MMWHS_LABELS, Tissue
 
 Field = Callable[[np.ndarray], np.ndarray]
@@ -30,9 +30,7 @@ class Part:
     label: int = 0
 
 
-def make_part(
-    name: str, shape: Ellipsoid | Tube, tissue: Tissue, field: Field | None = None
-) -> Part:
+def make_part(name: str, shape: Shape, tissue: Tissue, field: Field | None = None) -> Part:
     """A part named after an MM-WHS structure carries its label value; other names carry 0."""
     return Part(name, field or shape.field, shape.bounds(), tissue, MMWHS_LABELS.get(name, 0))
 

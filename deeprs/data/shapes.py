@@ -10,8 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
+
+
+class Shape(Protocol):
+    """Anything with a field and a bounding box (both in the shape's frame, mm)."""
+
+    def field(self, points: np.ndarray) -> np.ndarray: ...
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def unit(vector: np.ndarray | list[float]) -> np.ndarray:
