@@ -48,8 +48,8 @@ def read_payload(path: Path, what: str) -> dict[str, Any]:
         raise DataError(f"{what} '{path}' does not exist; run the training step first") from None
     except Exception as error:  # torch raises several types for a damaged file
         raise DataError(
-            f"{what} '{path}' cannot be read ({type(error).__name__}: {error}); delete it "
-            "and rerun the training step"
+            f"{what} '{path}' cannot be read ({type(error).__name__}); delete it and "
+            "rerun the training step"
         ) from None
     if not isinstance(payload, dict):
         raise DataError(f"{what} '{path}' does not hold a dictionary; rerun the training step")
