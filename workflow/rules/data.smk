@@ -12,7 +12,7 @@ rule phantom:
         labels=config["data"]["labels"],
     log:
         f"{LOGS}/phantom.log",
-    # Cases are independent: two processes halve the time (about 15 s for the demo cohort).
+    # Cases are independent: two processes share them when two cores are free (same files).
     threads: 2
     shell:
         "deeprs phantom --out {DATA_DIR:q}"
