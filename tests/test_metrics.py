@@ -11,7 +11,13 @@ import torch
 from monai.metrics import compute_hausdorff_distance
 from scipy import ndimage
 
-from deeprs.evaluate.metrics import dice, hd95, jacobian_determinant, nonpositive_jacobian_percent
+from deeprs.evaluate.metrics import (
+    dice,
+    hd95,
+    jacobian_determinant,
+    nonpositive_jacobian_percent,
+    surface_distance_maps,
+)
 
 LABELS = {"a": 1, "b": 2, "c": 3}
 SPACING_ZYX = (3.0, 1.5, 0.8)
@@ -67,6 +73,17 @@ def test_hd95_matches_monai_on_anisotropic_blobs() -> None:
     for (name, _), expected in zip(LABELS.items(), reference.tolist(), strict=True):
         assert ours[name] == pytest.approx(expected, rel=1e-5)  # MONAI works in float32
         assert ours[name] > 0
+
+
+def test_hd95_with_precomputed_target_maps_is_the_same() -> None:
+    pred, target = blobs(6), blobs(7)
+    target[target == 3] = 0  # absent from the target: NaN either way
+    maps = surface_distance_maps(target, LABELS, SPACING_ZYX)
+    assert maps["c"] is None
+    with_maps = hd95(pred, target, LABELS, SPACING_ZYX, target_maps=maps)
+    without = hd95(pred, target, LABELS, SPACING_ZYX)
+    assert with_maps["a"] == without["a"] and with_maps["b"] == without["b"]
+    assert math.isnan(with_maps["c"]) and math.isnan(without["c"])
 
 
 def test_hd95_below_simpleitk_maximum_surface_distance() -> None:
