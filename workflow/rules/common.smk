@@ -26,6 +26,18 @@ def raw_cohort_files():
     return []
 
 
+def folder_cohort_files():
+    """The image and label files of a user's cohort folder (data.source: folder), found now."""
+    from deeprs.data.ingest import discover_cases
+    from deeprs.errors import DeeprsError
+
+    try:
+        cases = discover_cases(DATA_DIR, config["data"]["layout"])
+    except DeeprsError as error:
+        sys.exit(f"deeprs: {error}")
+    return [str(path) for case in cases for path in (case.image, case.label) if path is not None]
+
+
 def fold_names():
     """`fold_0` ... : the cross-validation splits (deeprs.folds)."""
     return [f"fold_{k}" for k in range(config["folds"]["n_folds"])]
@@ -68,6 +80,7 @@ def reproduce_targets():
     targets = []
     if config["data"]["source"] == "phantom":
         targets += raw_cohort_files() + [f"{DATA_DIR}/mosaic.png"]
+    targets += [f"{RESULTS}/preprocessed/{name}" for name in ("manifest.json", "qc.csv", "mosaic.png")]
     targets += [f"{RESULTS}/splits/{name}.json" for name in split_names()]
     targets += report_targets()  # defined in report.smk
     return targets
