@@ -41,9 +41,11 @@ def resample_to_spacing(image: sitk.Image, spacing_xyz: np.ndarray) -> sitk.Imag
     if np.allclose(spacing, current):
         return image
     size = np.maximum(np.round(np.asarray(image.GetSize()) * current / spacing), 2).astype(int)
-    # Anti-alias before decimating: sigma of half the new voxel along each coarsened axis.
-    sigma = [float(0.5 * s) if s > c else 0.0 for s, c in zip(spacing, current, strict=True)]
-    smoothed = sitk.DiscreteGaussian(image, [s * s for s in sigma], 32, 0.01, True)
+    # Anti-alias before decimating: sigma of half the new voxel (mm) along each coarsened axis.
+    smoothed = image
+    for axis, (new, old) in enumerate(zip(spacing, current, strict=True)):
+        if new > old:
+            smoothed = sitk.RecursiveGaussian(smoothed, float(0.5 * new), False, 0, axis)
     # Keep the physical extent: the first voxel centre moves by half the growth of a voxel.
     origin = image.TransformContinuousIndexToPhysicalPoint(
         [float(-0.5 + 0.5 * s / c) for s, c in zip(spacing, current, strict=True)]

@@ -102,6 +102,11 @@ def expand_box(box: CropBox, fraction: float) -> CropBox:
     )
 
 
+def clip_box(image: sitk.Image, box: CropBox) -> CropBox:
+    """The part of ``box`` inside ``image``."""
+    return _clip_box(np.asarray(box.start), np.asarray(box.stop) - 1, image)
+
+
 def crop(image: sitk.Image, box: CropBox) -> sitk.Image:
     """The sub-volume inside ``box``, keeping its physical position (origin moves)."""
     return sitk.RegionOfInterest(image, list(box.size), list(box.start))

@@ -4,8 +4,8 @@ Order of work (the reasons are in docs/methods.md, section "Preprocessing"):
 
 1. Choose the reference (``preprocess.reference``; ``auto``: the first unlabelled case by
    id, or the first case when every case is labelled) and its heart box. A labelled
-   reference uses its own label; an unlabelled one takes the per-coordinate median of the
-   boxes carried from every labelled case by a coarse affine registration.
+   reference uses its own label; an unlabelled one takes the box where at least half of
+   the labelled cases' heart masks, carried to it by coarse affine registrations, agree.
 2. For every case, one at a time (memory stays at one raw volume): its heart box (own
    label, or carried from the reference by a coarse affine registration), an affine
    registration of the cropped case to the cropped reference, and resampling of the full
@@ -36,6 +36,7 @@ from deeprs.preprocess.affine import AffineRegistrar, resample_to_spacing
 from deeprs.preprocess.crop import (
     CropBox,
     box_corners,
+    clip_box,
     crop,
     enclosing_box,
     expand_box,
@@ -177,6 +178,48 @@ def _coarse(image: sitk.Image) -> sitk.Image:
     return resample_to_spacing(image, np.full(3, CARRY_SPACING_MM))
 
 
+def _majority_heart_box(
+    case: Case,
+    coarse: sitk.Image,
+    cohort: Sequence[CaseFiles],
+    settings: PreprocessSettings,
+    registrar: AffineRegistrar,
+    elastix_log: _ElastixLog,
+) -> tuple[CropBox, str]:
+    """Heart box of an unlabelled reference from every labelled case, none decisive alone.
+
+    Each labelled case is registered (coarse affine) to the reference and its heart mask
+    resampled into it; the box is that of the voxels where at least half of the masks
+    agree, plus the margin. A majority vote is tight (unlike a union of boxes) and no
+    single label decides it.
+    """
+    votes = np.zeros(sitk.GetArrayViewFromImage(coarse).shape, dtype=np.int32)
+    labelled_cases = [c for c in cohort if c.label is not None]
+    if not labelled_cases:
+        raise ConfigError(
+            "config key 'data.dir': the cohort has no labelled case, so no heart box can be "
+            "found; add at least one label"
+        )
+    for files in labelled_cases:
+        labelled = load_case(files, settings.labels)
+        result = registrar.register(
+            coarse,
+            _coarse(labelled.image),
+            files.id,
+            resolutions=CARRY_RESOLUTIONS,
+            iterations=CARRY_ITERATIONS,
+        )
+        elastix_log.add(f"heart mask of {files.id} to reference {case.id}", result.log)
+        mask = sitk.Cast(labelled.label > 0, sitk.sitkUInt8)
+        warped = resample_onto(mask, coarse, result.transform, is_label=True)
+        votes += sitk.GetArrayViewFromImage(warped)
+    majority = sitk.GetImageFromArray((2 * votes >= len(labelled_cases)).astype(np.uint8))
+    majority.CopyInformation(coarse)
+    coarse_box = label_box(majority, settings.crop_margin_mm, case.id)
+    box = enclosing_box(case.image, box_corners(coarse, coarse_box))
+    return box, f"majority of {len(labelled_cases)} labelled heart masks carried to it"
+
+
 def build_reference(
     files: CaseFiles,
     cohort: Sequence[CaseFiles],
@@ -190,31 +233,7 @@ def build_reference(
     if case.label is not None:
         box, source = label_box(case.label, settings.crop_margin_mm, case.id), "label"
     else:
-        lows, highs = [], []
-        for other in (c for c in cohort if c.label is not None):
-            labelled = load_case(other, settings.labels)
-            other_box = label_box(labelled.label, settings.crop_margin_mm, other.id)
-            carried, _ = carry_box(
-                registrar,
-                _coarse(labelled.image),
-                labelled.image,
-                other_box,
-                coarse,
-                case.image,
-                f"{case.id} (from {other.id})",
-                elastix_log,
-            )
-            corners = box_corners(case.image, carried)
-            lows.append(corners.min(axis=0))
-            highs.append(corners.max(axis=0))
-        if not lows:
-            raise ConfigError(
-                "config key 'data.dir': the cohort has no labelled case, so no heart box can be "
-                "found; add at least one label"
-            )
-        low, high = np.median(lows, axis=0), np.median(highs, axis=0)
-        box = enclosing_box(case.image, np.array([low, high]))
-        source = f"median of {len(lows)} boxes carried from the labelled cases"
+        box, source = _majority_heart_box(case, coarse, cohort, settings, registrar, elastix_log)
     grid = box_grid(case.image, box, settings.target_shape_xyz)
     working = resample_to_spacing(crop(case.image, box), np.asarray(grid.GetSpacing()))
     log.info("reference %s: box %s + %s (%s)", case.id, box.start, box.size, source)
@@ -252,10 +271,10 @@ def process_case(
     if is_reference:
         affine, metric = sitk.AffineTransform(3), float("nan")
     else:
-        context = box_grid_at_spacing(
-            case.image, expand_box(box, MOVING_CONTEXT), reference.grid.GetSpacing()
-        )
-        moving = resample_onto(resample_to_spacing(case.image, context.GetSpacing()), context)
+        context_box = expand_box(box, MOVING_CONTEXT)
+        context = box_grid_at_spacing(case.image, context_box, reference.grid.GetSpacing())
+        inside = crop(case.image, clip_box(case.image, context_box))
+        moving = resample_onto(resample_to_spacing(inside, context.GetSpacing()), context)
         result = registrar.register(reference.cropped, moving, case.id)
         elastix_log.add(f"align {case.id} to {reference.case.id}", result.log)
         affine, metric = result.transform, result.final_metric
