@@ -114,7 +114,6 @@ def test_epoch_sampler_visits_every_pair_once_per_epoch_reproducibly() -> None:
     sampler = EpochSampler(pairs, seed=3)
     first = [sampler.item(i) for i in range(10)]
     assert sorted(first[:5]) == sorted(pairs) and sorted(first[5:]) == sorted(pairs)
-    assert first[:5] != first[5:] or len(set(map(tuple, [first[:5], first[5:]]))) == 1
     fresh = EpochSampler(pairs, seed=3)
     assert [fresh.item(i) for i in (7, 2, 9)] == [first[7], first[2], first[9]]
     assert [EpochSampler(pairs, seed=4).item(i) for i in range(5)] != first[:5]
