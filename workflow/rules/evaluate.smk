@@ -15,6 +15,10 @@ rule evaluate:
         model=lambda wildcards, input: f"--model '{input.model}'" if "model" in input.keys() else "",
         device=config["train"]["device"],
     threads: config["train"]["threads"]
+    resources:
+        # Trained methods run their networks on the training device (training_gpus in
+        # train.smk); Affine only needs no accelerator.
+        gpu=lambda wildcards: training_gpus() if get_method(method_of_run(wildcards.run)).trains else 0,
     log:
         f"{LOGS}/{{run}}/{{split}}/evaluate.log",
     shell:
