@@ -189,11 +189,12 @@ def test_two_dimensional_file_is_refused(tmp_path: Path) -> None:
         read_volume(path)
 
 
-def test_nan_intensities_are_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".nii.gz", ".mha"])
+def test_nan_intensities_are_refused(tmp_path: Path, suffix: str) -> None:
     array = np.random.rand(6, 8, 10).astype(np.float32)
     array[2, 3, 4] = np.nan
     array[1, 1, 1] = np.inf
-    path = _write(_volume(array), tmp_path / "nan.nii.gz")
+    path = _write(_volume(array), tmp_path / f"nan{suffix}")
     with pytest.raises(DataError) as error:
         read_volume(path)
     assert str(error.value) == f"'{path}' has 2 NaN or infinite voxel(s); fix or replace the file"
