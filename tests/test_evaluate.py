@@ -144,12 +144,18 @@ def test_identity_model_from_checkpoint_equals_affine(
     pd.testing.assert_frame_equal(learned[columns], affine[columns])
 
 
-class ConstantShift(nn.Module):
-    """A registration 'network' that always predicts u = +1 voxel along w (x)."""
+class ShiftPerMovingImage(nn.Module):
+    """A registration 'network' predicting u = +shift voxels along w (x), shift set per moving image."""
+
+    def __init__(self, shifts: list[tuple[torch.Tensor, int]]) -> None:
+        super().__init__()
+        self.shifts = shifts
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        displacement = torch.zeros((1, 3, *moving.shape[2:]))
-        displacement[:, 2] = 1.0
+        displacement = torch.zeros((moving.shape[0], 3, *moving.shape[2:]))
+        for k in range(moving.shape[0]):
+            shift = next(s for img, s in self.shifts if torch.equal(img[0], moving[k]))
+            displacement[k, 2] = float(shift)
         return displacement
 
 
@@ -165,20 +171,27 @@ class Oracle(nn.Module):
         return nn.functional.one_hot(label[:, 0], len(LABELS) + 1).permute(0, 4, 1, 2, 3).float()
 
 
-def test_warp_direction_and_segmentation_rows(cohort: tuple[Path, Path]) -> None:
+SHIFTS = {"c0": 1, "c1": 0, "c2": 2}
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_warp_direction_and_segmentation_rows(cohort: tuple[Path, Path], batch_size: int) -> None:
     manifest_path, split_path = cohort
     manifest = load_manifest(manifest_path)
     split = load_split(split_path, manifest)
     volumes = load_test_volumes(manifest, split, torch.device("cpu"))
     assert volumes.images["c0"].shape == (1, 1, 16, 16, 16) and volumes.shape == SHAPE
+    registration_net = ShiftPerMovingImage([(volumes.images[c], SHIFTS[c]) for c in CASES])
     oracle = Oracle([(volumes.images[c], volumes.labels[c]) for c in CASES])
-    models = {"registration": ConstantShift(), "segmentation": oracle}
-    table = evaluate_split(get_method("deepatlas"), manifest, split, models, torch.device("cpu"))
+    models = {"registration": registration_net, "segmentation": oracle}
+    spec = get_method("deepatlas")
+    table = evaluate_split(spec, manifest, split, models, torch.device("cpu"), batch_size)
     registration = table[table["task"] == "registration"]
-    # warped(p) = moving(p + u): with u = +1 along x the moving boxes move one voxel to -x.
+    assert len(registration) == 6 * len(LABELS)
+    # warped(p) = moving(p + u): with u = +s along x the moving boxes move s voxels to -x.
     for row in registration.itertuples():
         moving, fixed = row.sample.split("->")
-        shifted = np.roll(case_label(CASES.index(moving)), -1, axis=2)
+        shifted = np.roll(case_label(CASES.index(moving)), -SHIFTS[moving], axis=2)
         index = LABELS[row.structure]
         assert row.dice == pytest.approx(
             sitk_dice(shifted, case_label(CASES.index(fixed)), index), abs=1e-9
@@ -237,6 +250,10 @@ def test_bad_inputs_have_clear_messages(
     )
     assert evaluate(cohort, tmp_path / "m.csv", "deepatlas", model) == 2
     assert "method 'deepatlas' needs a 'segmentation' network" in capsys.readouterr().err
+    manifest, split = cohort
+    argv = ["evaluate", "--method", "affine", "--split", str(split), "--manifest", str(manifest)]
+    assert main([*argv, "--out", str(tmp_path / "m.csv"), "--batch-size", "0"]) == 2
+    assert "--batch-size must be at least 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "m.csv").exists()
 
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from deeprs.data.cases import Manifest, Split, load_manifest, load_split
 from deeprs.device import select_device, set_threads
-from deeprs.errors import DataError
+from deeprs.errors import DataError, DeeprsError
 from deeprs.evaluate.metrics import (
     dice,
     hd95,
@@ -100,41 +100,58 @@ def registration_pairs(test: list[str]) -> list[tuple[str, str]]:
 
 
 @torch.no_grad()
+def predict_displacements(
+    volumes: TestVolumes, batch: list[tuple[str, str]], network: nn.Module | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Displacements ``(B, 3, D, H, W)`` of a batch of pairs and the moving labels they warp.
+
+    Pairs go through the network together: on a CPU a batch of 8 costs about a third of
+    8 single passes per pair. ``network`` None is the zero displacement (affine only).
+    """
+    moving_labels = torch.cat([volumes.labels[moving] for moving, _ in batch])
+    if network is None:
+        zeros = torch.zeros((len(batch), 3, *moving_labels.shape[2:]), device=moving_labels.device)
+        return zeros, moving_labels
+    moving_images = torch.cat([volumes.images[moving] for moving, _ in batch])
+    fixed_images = torch.cat([volumes.images[fixed] for _, fixed in batch])
+    displacements = network(moving_images, fixed_images).float()
+    return displacements, warp(moving_labels, displacements, mode="nearest")
+
+
 def registration_rows(
     volumes: TestVolumes,
     pairs: list[tuple[str, str]],
     labels: dict[str, int],
     spacing_zyx: tuple[float, float, float],
     network: nn.Module | None,
+    batch_size: int = 8,
 ) -> Iterator[dict[str, object]]:
     """Metric rows of each pair; ``network`` None means the zero displacement (affine only)."""
     fixed_maps: tuple[str, dict[str, np.ndarray | None]] | None = None
-    for moving, fixed in tqdm(pairs, desc="registration pairs", mininterval=5.0):
-        moving_label = volumes.labels[moving]
-        if network is None:
-            displacement = torch.zeros((1, 3, *moving_label.shape[2:]), device=moving_label.device)
-            warped = moving_label
-        else:
-            displacement = network(volumes.images[moving], volumes.images[fixed]).float()
-            warped = warp(moving_label, displacement, mode="nearest")
-        warped_label = _to_numpy(crop_to_shape(warped, volumes.shape)[0, 0])
-        fixed_label = _to_numpy(crop_to_shape(volumes.labels[fixed], volumes.shape)[0, 0])
-        if fixed_maps is None or fixed_maps[0] != fixed:
-            fixed_maps = (fixed, surface_distance_maps(fixed_label, labels, spacing_zyx))
-        folding = nonpositive_jacobian_percent(
-            _to_numpy(crop_to_shape(displacement, volumes.shape)[0])
-        )
-        dices = dice(warped_label, fixed_label, labels)
-        distances = hd95(warped_label, fixed_label, labels, spacing_zyx, fixed_maps[1])
-        for structure in labels:
-            yield {
-                "task": "registration",
-                "sample": f"{moving}->{fixed}",
-                "structure": structure,
-                "dice": dices[structure],
-                "hd95_mm": distances[structure],
-                "nonpositive_jacobian_pct": folding,
-            }
+    progress = tqdm(total=len(pairs), desc="registration pairs", mininterval=5.0)
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start : start + batch_size]
+        displacements, warped = predict_displacements(volumes, batch, network)
+        displacements = _to_numpy(crop_to_shape(displacements, volumes.shape))
+        warped = _to_numpy(crop_to_shape(warped, volumes.shape))
+        for k, (moving, fixed) in enumerate(batch):
+            fixed_label = _to_numpy(crop_to_shape(volumes.labels[fixed], volumes.shape)[0, 0])
+            if fixed_maps is None or fixed_maps[0] != fixed:
+                fixed_maps = (fixed, surface_distance_maps(fixed_label, labels, spacing_zyx))
+            folding = nonpositive_jacobian_percent(displacements[k])
+            dices = dice(warped[k, 0], fixed_label, labels)
+            distances = hd95(warped[k, 0], fixed_label, labels, spacing_zyx, fixed_maps[1])
+            for structure in labels:
+                yield {
+                    "task": "registration",
+                    "sample": f"{moving}->{fixed}",
+                    "structure": structure,
+                    "dice": dices[structure],
+                    "hd95_mm": distances[structure],
+                    "nonpositive_jacobian_pct": folding,
+                }
+        progress.update(len(batch))
+    progress.close()
 
 
 @torch.no_grad()
@@ -182,6 +199,7 @@ def evaluate_split(
     split: Split,
     models: dict[str, nn.Module],
     device: torch.device,
+    batch_size: int = 8,
 ) -> pd.DataFrame:
     """Every metric row of ``spec`` on ``split``'s test cases, columns as :data:`COLUMNS`."""
     for key in spec.networks:
@@ -201,7 +219,7 @@ def evaluate_split(
     if evaluates_registration(spec):
         pairs = registration_pairs(split.test)
         network = models.get("registration") if spec.registration else None
-        rows += registration_rows(volumes, pairs, labels, spacing, network)
+        rows += registration_rows(volumes, pairs, labels, spacing, network, batch_size)
     if spec.segmentation:
         rows += segmentation_rows(volumes, split.test, labels, spacing, models["segmentation"])
     table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("method", "fold")])
@@ -245,6 +263,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="metrics.csv to write")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="registration pairs per network pass"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -254,7 +275,9 @@ def run(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest)
     split = load_split(args.split, manifest)
     models = _load_models(spec, args.model, manifest, device)
-    table = evaluate_split(spec, manifest, split, models, device)
+    if args.batch_size < 1:
+        raise DeeprsError(f"--batch-size must be at least 1, got {args.batch_size}")
+    table = evaluate_split(spec, manifest, split, models, device, args.batch_size)
     write_metrics(table, args.out)
     summary = table.groupby("task")["dice"].mean()
     for task, mean_dice in summary.items():
