@@ -246,6 +246,14 @@ def test_alignment_undoes_a_known_affine_on_real_ct(registrar, cta) -> None:
     )
 
 
+def test_registration_is_deterministic(registrar, cta) -> None:
+    fixed, _ = cta
+    moving = resample_onto(fixed, fixed, _known_affine(fixed))
+    first = registrar.register(fixed, moving, "cta").transform
+    second = registrar.register(fixed, moving, "cta").transform
+    assert first.GetParameters() == second.GetParameters()
+
+
 def test_carried_box_contains_the_moved_heart(registrar, cta) -> None:
     """The box carried to an unlabelled copy covers its (hidden) labelled voxels."""
     from deeprs.preprocess.pipeline import _coarse, _ElastixLog, carry_box
@@ -276,6 +284,7 @@ def test_pipeline_writes_the_contract_and_affine_raises_overlap(registrar, cta, 
     fixed, fixed_label = cta
     raw = tmp_path / "raw"
     rng = np.random.default_rng(5)
+    hidden: dict[str, np.ndarray] = {}  # labels of every case, written only for ct_train
     for number in range(5):
         transform = sitk.AffineTransform(3)
         transform.SetCenter(
@@ -285,9 +294,10 @@ def test_pipeline_writes_the_contract_and_affine_raises_overlap(registrar, cta, 
         transform.Scale(tuple(rng.uniform(0.9, 1.1, 3)))
         transform.SetTranslation(tuple(rng.uniform(-8, 8, 3)))
         image = resample_onto(fixed, fixed, transform)
-        label = resample_onto(fixed_label, fixed, transform, is_label=True) if number < 3 else None
+        label = resample_onto(fixed_label, fixed, transform, is_label=True)
         name = f"ct_train_100{number}" if number < 3 else f"ct_test_200{number}"
-        _write_case(raw, name, image, label)
+        _write_case(raw, name, image, label if number < 3 else None)
+        hidden[name] = sitk.GetArrayFromImage(label)
     settings = PreprocessSettings(
         raw, "mmwhs", "ct", {"heart": 1, "aorta": 2, "pa": 3}, target_shape_xyz=(24, 20, 16)
     )
@@ -317,7 +327,13 @@ def test_pipeline_writes_the_contract_and_affine_raises_overlap(registrar, cta, 
     after = np.mean([float(r["dice_pairwise_affine"]) for r in labelled])
     assert after > before and after > 0.8
     boxes = json.loads((out / "crop_boxes.json").read_text())["boxes"]
+    assert boxes["ct_test_2003"]["source"] == "majority of 3 labelled heart masks carried to it"
     assert boxes["ct_test_2004"]["source"] == "carried from ct_test_2003"
+    for case in ("ct_test_2003", "ct_test_2004"):
+        # The boxes found without these cases' labels still hold (nearly) all of their heart.
+        box = CropBox(tuple(boxes[case]["start_xyz"]), tuple(boxes[case]["size_xyz"]))
+        z, y, x = np.nonzero(hidden[case])
+        assert box.contains_index(np.stack([x, y, z], axis=1)).mean() > 0.99
     assert boxes["ct_train_1000"]["source"] == "label"
     assert (
         "===== align ct_train_1000 to ct_test_2003 =====" in (tmp_path / "elastix.log").read_text()

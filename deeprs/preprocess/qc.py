@@ -54,7 +54,12 @@ def write_mosaic(
     reference: str,
     columns: int = 10,
 ) -> None:
-    """A mid axial slice of each aligned case with its label contours, reference first."""
+    """A mid axial slice of each aligned case with its label contours, reference first.
+
+    Arrays are LPS (z, y, x): row 0 is anterior and column 0 the patient's right, so the
+    default top-left origin shows the radiological view (anterior up, patient's left on
+    the right of the picture).
+    """
     ids = [reference] + [case for case in images if case != reference]
     rows = -(-len(ids) // columns)
     columns = min(columns, len(ids))
@@ -67,7 +72,7 @@ def write_mosaic(
     for axis, case in zip(axes.ravel(), ids, strict=False):
         image = images[case]
         middle = image.shape[0] // 2
-        axis.imshow(image[middle], cmap="gray", vmin=0, vmax=1, origin="lower")
+        axis.imshow(image[middle], cmap="gray", vmin=0, vmax=1)
         label = labels.get(case)
         if label is not None:
             for cls in range(1, len(structure_names) + 1):
@@ -78,7 +83,6 @@ def write_mosaic(
                         levels=[0.5],
                         colors=[colours((cls - 1) % 10)],
                         linewidths=0.6,
-                        origin="lower",
                     )
         title = f"{case}{' (ref)' if case == reference else ''}"
         axis.set_title(title, fontsize=5)
