@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pytest
@@ -83,8 +84,8 @@ def test_a_failed_save_keeps_the_previous_checkpoint(
     path = tmp_path / "checkpoint.pt"
     ckpt.save_atomic({"iteration": 2}, path)
 
-    def crash(payload: object, target: Path) -> None:
-        Path(target).write_bytes(b"half a checkpoint")
+    def crash(payload: object, handle: BinaryIO) -> None:
+        handle.write(b"half a checkpoint")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)

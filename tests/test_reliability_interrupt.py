@@ -87,6 +87,7 @@ def assert_finished(out_dir: Path, reference_dir: Path) -> None:
     assert losses["iteration"].tolist() == list(range(ITERATIONS))
     pd.testing.assert_frame_equal(losses, pd.read_csv(reference_dir / "losses.csv"))
     assert_same_weights(out_dir / MODEL_FILE, reference_dir / MODEL_FILE)
+    assert (out_dir / MODEL_FILE).read_bytes() == (reference_dir / MODEL_FILE).read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -127,15 +128,15 @@ from pathlib import Path
 import torch
 real_save = torch.save
 writes = {{}}
-def stalled_save(payload, file, *args, **kwargs):
-    real_save(payload, file, *args, **kwargs)
-    name = Path(file).name
-    if name.startswith(".{target}."):
-        writes[name] = writes.get(name, 0) + 1
+def stalled_save(payload, handle, *args, **kwargs):
+    real_save(payload, handle, *args, **kwargs)
+    path = Path(handle.name)
+    if path.name.startswith(".{target}."):
+        writes[path.name] = writes.get(path.name, 0) + 1
         if len(writes) == {nth}:
-            data = Path(file).read_bytes()
-            Path(file).write_bytes(data[: len(data) // 2])
-            Path(file).with_name("stalled").write_text(name)
+            handle.flush()
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+            path.with_name("stalled").write_text(path.name)
             time.sleep(600)
 torch.save = stalled_save
 """

@@ -36,8 +36,13 @@ def build_from_record(record: dict[str, Any], device: torch.device) -> nn.Module
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
-    with atomic_path(path) as temporary:
-        torch.save(payload, temporary)
+    """Write ``payload`` under a temporary name, then rename it to ``path``.
+
+    Saved through a file handle: given a path, ``torch.save`` names the records inside the
+    zip after the (random) temporary file, so two identical runs would differ in bytes.
+    """
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        torch.save(payload, handle)
 
 
 def read_payload(path: Path, what: str) -> dict[str, Any]:

@@ -1,0 +1,187 @@
+"""The whole workflow as a user runs it: inputs are never written, outputs land only under
+``results/`` and logs under ``logs/``, two runs of one config give the same results (CPU),
+and a run killed halfway is redone by ``--rerun-incomplete`` (in the default profile).
+
+The study is cut to a couple of minutes: 4 labelled + 1 unlabelled synthetic CTs read from
+a user folder (``data.source: folder``), 2 folds, DeepRS and Affine, one label-amount run.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deeprs.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "workflow" / "profiles" / "default"
+LABELS = {"myo": 205, "la": 420, "lv": 500, "ra": 550, "rv": 600, "aa": 820, "pa": 850}
+# What a run may create in its working folder (Snakemake keeps its state in .snakemake/).
+ALLOWED_TOP_LEVEL = {"results", "logs", ".snakemake"}
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder``, by relative path."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def snakemake(
+    workdir: Path, configfile: Path, *targets: str, profile: bool = True, **popen: object
+) -> list[str]:
+    """The command line of a user's run in ``workdir`` (with the default profile)."""
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+    command += ["--configfile", str(configfile), "--directory", str(workdir), "--cores", "2"]
+    if profile:
+        command += ["--workflow-profile", str(PROFILE)]
+    return [*command, *targets]
+
+
+def environment() -> dict[str, str]:
+    """Rules call `deeprs`: this interpreter's scripts folder first on the PATH."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def run(command: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, env=environment(), check=False)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A user's cohort folder (read-only to us), its checksums, and two full runs of it."""
+    base = tmp_path_factory.mktemp("study")
+    data = base / "my_scans"
+    arguments = ["phantom", "--out", str(data), "--n-labelled", "4", "--n-unlabelled", "1"]
+    arguments += ["--shape", "40", "40", "24", "--spacing", "6", "6", "9", "--seed", "3"]
+    assert main(arguments) == 0
+    config = {
+        "seed": 11,
+        "data": {"source": "folder", "dir": str(data), "labels": LABELS},
+        "preprocess": {"target_shape": [32, 32, 16]},
+        "folds": {"n_folds": 2, "label_amounts": [1], "label_amount_repeats": 1},
+        "train": {"device": "cpu", "threads": 1, "iterations": 4, "width": 0.25},
+        "methods": ["affine", "deeprs"],
+        "ablation": ["deeprs"],
+        "label_amount_methods": ["unet3d"],
+    }
+    configfile = base / "study.yaml"
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    before = checksums(data)
+    workdirs = [base / "first", base / "second"]
+    for workdir in workdirs:
+        finished = run(snakemake(workdir, configfile, "reproduce"))
+        assert finished.returncode == 0, finished.stderr[-3000:]
+    return {"data": data, "before": before, "workdirs": workdirs}
+
+
+def test_inputs_are_unchanged_and_outputs_stay_in_results_and_logs(study: dict) -> None:
+    assert checksums(study["data"]) == study["before"]
+    for workdir in study["workdirs"]:
+        assert {path.name for path in workdir.iterdir()} == ALLOWED_TOP_LEVEL
+        results = {p.relative_to(workdir / "results") for p in (workdir / "results").rglob("*")}
+        # Nothing half-written or left from training: no temporaries, no checkpoint.
+        assert not [p for p in results if p.name.startswith(".") or p.name == "checkpoint.pt"]
+        assert Path("report/table1.csv") in results
+        logs = sorted((workdir / "logs").rglob("*.log"))
+        assert {log.relative_to(workdir / "logs").as_posix() for log in logs} >= {
+            "preprocess.log",
+            "split.log",
+            "deeprs/fold_0/train.log",
+            "deeprs/fold_1/evaluate.log",
+            "report.log",
+        }
+
+
+def test_two_runs_of_one_config_give_identical_results_on_the_cpu(study: dict) -> None:
+    first, second = (workdir / "results" for workdir in study["workdirs"])
+    compared = [
+        "preprocessed/manifest.json",
+        "splits/fold_0.json",
+        "splits/fold_1.json",
+        "splits/labels_1_rep_0.json",
+        "affine/fold_0/metrics.csv",
+        "deeprs/fold_0/metrics.csv",
+        "deeprs/fold_1/metrics.csv",
+        "deeprs/fold_1/losses.csv",
+        "label_amount/unet3d/labels_1_rep_0/metrics.csv",
+        "report/table1.csv",
+    ]
+    compared += [
+        f"preprocessed/{kind}/{path.name}"
+        for kind in ("images", "labels")
+        for path in sorted((first / "preprocessed" / kind).iterdir())
+    ]
+    different = [name for name in compared if not filecmp.cmp(first / name, second / name, False)]
+    assert not different, f"differ between two runs of one config: {different}"
+
+
+def test_snakemake_killed_mid_job_is_redone_with_rerun_incomplete(tmp_path: Path) -> None:
+    """Snakemake killed (as by a lost session) while its phantom job runs on and writes
+    every output: without the profile Snakemake refuses those outputs as incomplete, with
+    it (``rerun-incomplete: true``) the job is redone, and the files are those of an
+    uninterrupted `deeprs phantom` run."""
+    configfile = REPO / "config" / "smoke.yaml"
+    workdir = tmp_path / "work"
+    relative_target = "results/data/phantom/mosaic.png"
+    target = workdir / relative_target
+    first_files = target.parent / "ct_train"
+    with open(tmp_path / "killed.log", "w") as log:
+        job = subprocess.Popen(
+            snakemake(workdir, configfile, relative_target),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment(),
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 300
+    while not (first_files.is_dir() and any(first_files.glob("*.nii.gz"))):
+        assert job.poll() is None, (tmp_path / "killed.log").read_text()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    job.kill()
+    job.wait(timeout=60)
+    while not target.exists():  # the orphaned job finishes its outputs
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1)
+    os.killpg(job.pid, signal.SIGKILL)
+
+    # A killed Snakemake leaves its lock: the next run says to remove it with --unlock.
+    locked = run(snakemake(workdir, configfile, relative_target))
+    assert locked.returncode != 0 and "--unlock" in locked.stderr
+    assert run(snakemake(workdir, configfile, "--unlock")).returncode == 0
+
+    refused = run(snakemake(workdir, configfile, relative_target, profile=False))
+    assert refused.returncode != 0
+    assert "--rerun-incomplete" in refused.stderr
+
+    redone = run(snakemake(workdir, configfile, relative_target))
+    assert redone.returncode == 0, redone.stderr[-3000:]
+    settings = yaml.safe_load(configfile.read_text())
+    phantom = settings["phantom"]
+    reference = tmp_path / "reference"
+    arguments = ["phantom", "--out", str(reference), "--seed", str(settings["seed"])]
+    arguments += ["--n-labelled", str(phantom["n_labelled"])]
+    arguments += ["--n-unlabelled", str(phantom["n_unlabelled"])]
+    arguments += [
+        "--shape",
+        *map(str, phantom["shape"]),
+        "--spacing",
+        *map(str, phantom["spacing"]),
+    ]
+    assert main(arguments) == 0
+    assert "rule phantom" in redone.stderr
+    produced = checksums(target.parent)
+    assert produced == checksums(reference)
