@@ -1,0 +1,182 @@
+"""deeprs bench: the reference computes what our trainer computes, and the bench writes its JSON."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from deeprs import bench_reference as reference
+from deeprs.bench import WEIGHTS, parse_size, synthetic_pair
+from deeprs.cli import main as deeprs_main
+from deeprs.losses import local_ncc_loss, smoothness_loss
+from deeprs.methods import get_method
+from deeprs.nets import build_network
+from deeprs.train.steps import (
+    Pair,
+    StepContext,
+    discriminator_step,
+    registration_step,
+    segmentation_step,
+)
+from deeprs.train.trainer import TrainSettings, build_networks
+
+SHAPE_ZYX = (16, 16, 16)
+NUM_CLASSES = 4
+SEED = 3
+
+
+def _parameters(module: torch.nn.Module) -> int:
+    return sum(parameter.numel() for parameter in module.parameters())
+
+
+def _assert_same_gradients(mine: torch.nn.Module, other: torch.nn.Module) -> None:
+    """The gradients left by the last update agree to float rounding (the optimisers then
+    normalise them: RMSprop's first step moves every weight by about lr * sqrt(10), so
+    comparing weights would magnify rounding in near-zero gradients)."""
+    pairs = list(zip(mine.parameters(), other.parameters(), strict=True))
+    assert all(a.grad is not None and b.grad is not None for a, b in pairs)
+    scale = max(float(a.grad.abs().max()) for a, _ in pairs)
+    assert scale > 0
+    for a, b in pairs:
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-4 * scale)
+
+
+def test_one_convolution_ncc_equals_the_separable_ncc():
+    moving, _, fixed = synthetic_pair((16, 24, 20), NUM_CLASSES, SEED)
+    warped = 0.6 * moving + 0.4 * fixed
+    ours = local_ncc_loss(warped, fixed)
+    theirs = reference.ncc_loss(warped, fixed)
+    assert -1.0 < float(ours) < -0.1
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_voxelmorph_gradient_loss_equals_ours():
+    flow = torch.randn(1, 3, 8, 10, 12, generator=torch.Generator().manual_seed(SEED))
+    torch.testing.assert_close(smoothness_loss(flow), reference.gradient_l2_loss(flow))
+
+
+@pytest.mark.parametrize("width", [1.0, 0.5])
+def test_reference_networks_have_the_size_of_ours(width):
+    """Same layers, hence the same multiply-adds: the speed ratio compares execution only."""
+    size = (32, 48, 48)
+    assert _parameters(reference.ReferenceVoxelMorph2(size, width)) == _parameters(
+        build_network("voxelmorph2", width=width)
+    )
+    assert _parameters(reference.ReferenceUNet3D(1, 8, width)) == _parameters(
+        build_network("unet3d", in_channels=1, out_channels=8, width=width)
+    )
+    assert _parameters(reference.ReferenceDiscriminator(width)) == _parameters(
+        build_network("discriminator", width=width)
+    )
+    moving = torch.rand(1, 1, *size)
+    assert reference.ReferenceVoxelMorph2(size, width)(moving, moving).shape == (1, 3, *size)
+
+
+def test_reference_iteration_computes_our_losses_and_updates():
+    """On the same networks and inputs, each reference step gives our loss terms and weights."""
+    method = get_method("deeprs")
+    settings = TrainSettings(width=0.25, seed=SEED, weights=WEIGHTS)
+    device = torch.device("cpu")
+    ours, _ = build_networks(method, NUM_CLASSES, settings, device)
+    # R starts near the identity, where every sampling point sits on a voxel: there the
+    # trilinear warp has a kink and float rounding picks its side. A larger flow layer moves
+    # the points between voxels, where the gradient is well defined.
+    torch.nn.init.normal_(ours.registration.flow.weight, std=0.05)
+    theirs = reference.build_reference(
+        SHAPE_ZYX,
+        NUM_CLASSES,
+        0.25,
+        device,
+        WEIGHTS,
+        networks=tuple(
+            copy.deepcopy(net) for net in (ours.registration, ours.segmentation, ours.discriminator)
+        ),
+    )
+    moving, label, fixed = synthetic_pair(SHAPE_ZYX, NUM_CLASSES, SEED)
+    context = StepContext(method, settings.weights, NUM_CLASSES, device, torch.Generator(), 2e-4)
+    context.generator.manual_seed(SEED)
+    pair = Pair(moving, label, fixed, None)
+
+    ours_r, displacement, warped = registration_step(context, ours, pair)
+    theirs_r, flow, theirs_warped = reference.registration_step(theirs, moving, fixed)
+    assert set(ours_r) == set(theirs_r)
+    for term, value in ours_r.items():
+        assert theirs_r[term] == pytest.approx(value, rel=1e-4, abs=1e-7), term
+    torch.testing.assert_close(warped, theirs_warped, rtol=1e-5, atol=1e-6)
+    _assert_same_gradients(ours.registration, theirs.registration)
+
+    ours_d = discriminator_step(context, ours, pair, warped)
+    theirs_d = reference.discriminator_step(theirs, moving, fixed, theirs_warped)
+    assert ours_d["disc_lr_scale"] == 1.0
+    assert theirs_d["disc"] == pytest.approx(ours_d["disc"], rel=1e-5)
+    _assert_same_gradients(ours.discriminator, theirs.discriminator)
+
+    alpha = float(torch.rand(1, generator=torch.Generator().manual_seed(SEED)))
+    ours_s = segmentation_step(context, ours, pair, displacement.float())
+    theirs_s = reference.segmentation_step(theirs, moving, label, fixed, flow, alpha)
+    for term in ("seg_ce", "seg_acm"):
+        assert theirs_s[term] == pytest.approx(ours_s[term], rel=1e-4), term
+    _assert_same_gradients(ours.segmentation, theirs.segmentation)
+
+
+def test_bench_writes_its_table_as_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    status = deeprs_main(
+        [
+            "bench",
+            "--sizes",
+            "16x16x16@0.25",
+            "--steps",
+            "D",
+            "--implementations",
+            "ours+perf,reference",
+            "--repeats",
+            "2",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
+    assert status == 0
+    report = json.loads(out.read_text())
+    assert {"torch", "device", "threads", "load_average", "results", "ratios"} <= set(report)
+    assert report["device"] == "cpu"
+    cases = {(r["step"], r["implementation"]) for r in report["results"]}
+    assert cases == {("D", "ours+perf"), ("D", "reference")}
+    for result in report["results"]:
+        assert len(result["times_s"]) == 2
+        assert result["median_s"] > 0
+        assert result["voxels_per_s"] == pytest.approx(16**3 / result["median_s"])
+        assert result["peak_memory_mb"] >= 0
+    (ratio,) = report["ratios"]
+    assert ratio["implementation"] == "ours+perf"
+    assert ratio["speedup"] > 0
+    assert "speed-up" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--sizes", "17x16x16@0.25"], "every side must be a multiple of 16"),
+        (["--sizes", "huge"], "bench size 'huge' is not one of demo, paper"),
+        (["--steps", "R,X"], "option --steps: 'R,X' must list some of R, S, D, joint"),
+    ],
+)
+def test_bench_rejects_bad_options_in_one_sentence(arguments, message, tmp_path, capsys):
+    status = deeprs_main(["bench", *arguments, "--out", str(tmp_path / "b.json")])
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_named_sizes_are_the_issue_sizes():
+    assert parse_size("demo") == ("demo", (48, 48, 32), 0.5)
+    assert parse_size("paper") == ("paper", (128, 128, 96), 1.0)
