@@ -280,7 +280,7 @@ def test_missing_label_amount_runs_are_listed(tmp_path: Path) -> None:
 def test_partial_method_is_marked(tmp_path: Path) -> None:
     write_metrics_set(tmp_path)
     metrics = collect_folds(tmp_path, ["voxelmorph2"], [0, 1, 2])
-    assert metrics.status("voxelmorph2") == "partial (2 of 3 files)"
+    assert metrics.status("voxelmorph2") == "partial: 2 of 3 files"
 
 
 def test_malformed_metrics_file_names_the_file_and_columns(tmp_path: Path) -> None:

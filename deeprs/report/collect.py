@@ -84,13 +84,13 @@ class MetricsSet:
     missing: dict[str, list[Path]] = field(default_factory=dict)
 
     def status(self, method: str) -> str:
-        """``ok``, ``missing`` or ``partial (k of n files)`` for one method."""
+        """``ok``, ``missing`` or ``partial: k of n files`` for one method."""
         expected = self.expected.get(method, 0)
         absent = len(self.missing.get(method, []))
         if expected == 0 or absent == expected:
             return "missing"
         if absent:
-            return f"partial ({expected - absent} of {expected} files)"
+            return f"partial: {expected - absent} of {expected} files"
         return "ok"
 
 
