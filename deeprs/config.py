@@ -79,7 +79,10 @@ def _check_paths(config: dict[str, Any]) -> None:
                 "point it at the folder that holds your images"
             )
         if not any(folder.iterdir()):
-            raise ConfigError(f"config key 'data.dir': data folder '{folder}' is empty")
+            raise ConfigError(
+                f"config key 'data.dir': data folder '{folder}' is empty; put your cohort "
+                "there or point data.dir at the folder that holds it"
+            )
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -214,7 +214,7 @@ def test_folder_without_cases(tmp_path: Path, capsys) -> None:
     ("state", "problem"),
     [
         ("missing", "does not exist; point it at the folder that holds your images"),
-        ("empty", "is empty"),
+        ("empty", "is empty; put your cohort there or point data.dir at the folder that holds it"),
     ],
 )
 def test_missing_or_empty_data_folder(tmp_path: Path, capsys, state: str, problem: str) -> None:

@@ -115,6 +115,7 @@ def test_two_runs_of_one_config_give_identical_results_on_the_cpu(study: dict) -
         "deeprs/fold_0/metrics.csv",
         "deeprs/fold_1/metrics.csv",
         "deeprs/fold_1/losses.csv",
+        "deeprs/fold_1/model.pt",
         "label_amount/unet3d/labels_1_rep_0/metrics.csv",
         "report/table1.csv",
     ]
