@@ -7,7 +7,12 @@ from deeprs.config import validate_config
 from deeprs.errors import ConfigError
 
 
-configfile: "config/config.yaml"
+# A config given with --configfile replaces the demo preset instead of being merged into it
+# (a merge would, e.g., unite two label tables).
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
+
 report: "workflow/report/workflow.rst"
 
 
