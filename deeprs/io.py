@@ -16,6 +16,15 @@ from pathlib import Path
 from typing import Any
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def _suffixes(path: Path) -> str:
     """`.nii.gz` for `a.nii.gz`: writers such as SimpleITK pick the format from it."""
     return "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
@@ -33,6 +42,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     temporary_path = Path(temporary)
     try:
         yield temporary_path
+        # mkstemp creates the file private (0600); give it the mode a plain open() would.
+        os.chmod(temporary_path, 0o666 & ~_UMASK)
         os.replace(temporary_path, target)
     finally:
         temporary_path.unlink(missing_ok=True)
