@@ -24,6 +24,7 @@ from deeprs.nets.spatial import warp
 from deeprs.train import TrainSettings, load_models, train
 from deeprs.train.checkpoint import read_payload
 from deeprs.train.history import LOSS_TERMS
+from deeprs.train.sampling import load_training_data
 from deeprs.train.steps import discriminator_lr_factor
 from deeprs.train.trainer import CHECKPOINT_FILE, active_updates
 
@@ -346,3 +347,18 @@ def test_cli_trains_and_reports_bad_weights(
     assert main([*arguments, "--weights", '{"ce": 2, "adv": 1}']) == 0
     assert len(pd.read_csv(tmp_path / "losses.csv")) == 2
     assert set(load_models(tmp_path / "model.pt")) == {"segmentation"}
+
+
+def test_only_the_splits_training_labels_are_loaded(small: tuple[Manifest, Split]) -> None:
+    """A labelled case used as a fixed image (ACDC's label-amount pool) lends no label."""
+    manifest, split = small
+    pooled = Split(
+        name=split.name,
+        seed=split.seed,
+        train_moving=split.train_moving[:1],
+        train_fixed=[*split.train_fixed, split.train_moving[1], split.test[0]],
+        test=split.test[1:],
+    )
+    data = load_training_data(manifest, pooled, torch.device("cpu"))
+    assert set(data.labels) == {split.train_moving[0]}
+    assert {split.train_moving[1], split.test[0]} <= set(data.images)

@@ -112,12 +112,13 @@ def load_training_data(
         case: to_tensor(pad_to_multiple(manifest.image(case), multiple), torch.float32)
         for case in case_ids
     }
+    # Only the split's training labels: a fixed image may be a labelled case of the cohort
+    # (ACDC's label-amount pool), and its label is not this split's to use.
     labels = {
         case: to_tensor(
             pad_to_multiple(manifest.label(case), multiple, mode="constant"), torch.int64
         )
-        for case in case_ids
-        if manifest.cases[case].labelled
+        for case in split.train_moving
     }
     num_classes = len(manifest.labels) + 1
     for case, label in labels.items():
