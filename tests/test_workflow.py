@@ -1,0 +1,103 @@
+"""The whole workflow end to end on `config/smoke.yaml`, as `snakemake reproduce` runs it:
+every method, the ablation and the label-amount study; a second run does nothing; one fold
+reruns alone; and the demo preset plans every (method, fold) job."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "config" / "smoke.yaml"
+DEMO = REPO / "config" / "config.yaml"
+
+
+def snakemake(workdir: Path, configfile: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
+    command += ["--configfile", str(configfile), "--directory", str(workdir)]
+    command += ["--workflow-profile", str(REPO / "workflow" / "profiles" / "default"), *arguments]
+    # Rules call `deeprs`: this interpreter's scripts first on the PATH.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+
+
+def planned_jobs(output: str) -> Counter[str]:
+    """Job counts of a dry run's 'Job stats' table."""
+    table = output.split("Job stats:")[1].split("total")[0]
+    return Counter({m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)})
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("smoke")
+    finished = snakemake(workdir, SMOKE, "reproduce")
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    return workdir
+
+
+def test_every_method_and_study_has_metrics_and_the_report_is_written(smoke_run: Path) -> None:
+    config = yaml.safe_load(SMOKE.read_text())
+    from deeprs.config import validate_config
+
+    config = validate_config(config)
+    results = smoke_run / "results"
+    methods = dict.fromkeys(config["methods"] + config["ablation"])
+    for method in methods:
+        for fold in range(config["folds"]["n_folds"]):
+            metrics = pd.read_csv(results / method / f"fold_{fold}" / "metrics.csv")
+            assert set(metrics["structure"]) == set(config["data"]["labels"])
+            assert metrics["method"].eq(method).all()
+    for method in config["label_amount_methods"]:
+        assert (results / "label_amount" / method / "labels_1_rep_0" / "metrics.csv").is_file()
+    table1 = pd.read_csv(results / "report" / "table1.csv")
+    assert len(table1) == len(config["methods"])
+    for name in ("boxplot_registration.png", "label_amount.png", "overlays_segmentation.png"):
+        assert (results / "report" / name).stat().st_size > 0
+
+
+def test_second_run_does_nothing(smoke_run: Path) -> None:
+    again = snakemake(smoke_run, SMOKE, "-n", "reproduce")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_single_fold_rerun_rebuilds_that_fold_only(smoke_run: Path) -> None:
+    target = "results/deeprs/fold_1/metrics.csv"
+    rerun = snakemake(smoke_run, SMOKE, "-n", "--forcerun", "train", "--", target)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert planned_jobs(rerun.stdout) == Counter({"train": 1, "evaluate": 1})
+    assert "results/deeprs/fold_1/model.pt" in rerun.stdout
+    assert "fold_0" not in rerun.stdout
+
+
+def test_demo_preset_plans_every_method_fold_and_label_study_job(tmp_path: Path) -> None:
+    dry = snakemake(tmp_path, DEMO, "-n", "reproduce")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    from deeprs.config import load_config
+    from deeprs.methods import get_method
+
+    config = load_config(DEMO)
+    folds = config["folds"]
+    trained = [
+        m for m in dict.fromkeys(config["methods"] + config["ablation"]) if get_method(m).trains
+    ]
+    label_runs = len(config["label_amount_methods"]) * len(folds["label_amounts"])
+    label_runs *= folds["label_amount_repeats"]
+    jobs = planned_jobs(dry.stdout)
+    assert jobs["train"] == len(trained) * folds["n_folds"] + label_runs
+    assert (
+        jobs["evaluate"]
+        == len(dict.fromkeys(config["methods"] + config["ablation"])) * folds["n_folds"]
+        + label_runs
+    )
+    for method in trained:
+        for fold in range(folds["n_folds"]):
+            assert f"results/{method}/fold_{fold}/model.pt" in dry.stdout
