@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from deeprs import bench_reference as reference
+from deeprs import perf
 from deeprs.bench import WEIGHTS, parse_size, synthetic_pair
 from deeprs.cli import main as deeprs_main
 from deeprs.losses import local_ncc_loss, smoothness_loss
@@ -180,3 +181,34 @@ def test_bench_rejects_bad_options_in_one_sentence(arguments, message, tmp_path,
 def test_named_sizes_are_the_issue_sizes():
     assert parse_size("demo") == ("demo", (48, 48, 32), 0.5)
     assert parse_size("paper") == ("paper", (128, 128, 96), 1.0)
+
+
+def test_channels_last_layout_changes_speed_not_values():
+    """deeprs.perf only reorders memory: a joint iteration gives the same losses."""
+    method = get_method("deeprs")
+    settings = TrainSettings(width=0.25, seed=SEED, weights=WEIGHTS)
+    device = torch.device("cpu")
+    moving, label, fixed = synthetic_pair(SHAPE_ZYX, NUM_CLASSES, SEED)
+    rows = []
+    for channels_last in (False, True):
+        networks, _ = build_networks(method, NUM_CLASSES, settings, device)
+        options = perf.PerfOptions(channels_last=channels_last)
+        perf.prepare_networks(
+            [networks.registration, networks.segmentation, networks.discriminator], options
+        )
+        pair = Pair(
+            perf.prepare_volume(moving, options), label, perf.prepare_volume(fixed, options), None
+        )
+        context = StepContext(
+            method, settings.weights, NUM_CLASSES, device, torch.Generator().manual_seed(SEED), 2e-4
+        )
+        row, displacement, warped = registration_step(context, networks, pair)
+        row.update(discriminator_step(context, networks, pair, warped))
+        row.update(segmentation_step(context, networks, pair, displacement))
+        layout = networks.registration.flow.weight
+        assert layout.is_contiguous(memory_format=torch.channels_last_3d) == channels_last
+        rows.append(row)
+    contiguous, channels_last = rows
+    assert set(contiguous) == set(channels_last)
+    for term, value in contiguous.items():
+        assert channels_last[term] == pytest.approx(value, rel=1e-4, abs=1e-7), term
