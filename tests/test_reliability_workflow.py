@@ -186,3 +186,28 @@ def test_snakemake_killed_mid_job_is_redone_with_rerun_incomplete(tmp_path: Path
     assert "rule phantom" in redone.stderr
     produced = checksums(target.parent)
     assert produced == checksums(reference)
+
+
+def test_broken_file_stops_the_workflow_with_its_one_line_error(tmp_path: Path) -> None:
+    """A truncated scan in the user's folder: Snakemake (default profile) prints the job's
+    one-sentence error, writes no manifest, and leaves the folder as it was."""
+    data = tmp_path / "my_scans"
+    arguments = ["phantom", "--out", str(data), "--n-labelled", "2", "--n-unlabelled", "1"]
+    arguments += ["--shape", "32", "32", "20", "--spacing", "8", "8", "12", "--seed", "4"]
+    assert main(arguments) == 0
+    broken = data / "ct_train" / "ct_train_1001_image.nii.gz"
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    before = checksums(data)
+    configfile = tmp_path / "study.yaml"
+    config = {"data": {"source": "folder", "dir": str(data), "labels": LABELS}}
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    workdir = tmp_path / "work"
+    finished = run(snakemake(workdir, configfile, "reproduce"))
+    assert finished.returncode != 0
+    assert (
+        f"deeprs preprocess: error: '{broken}' cannot be read as an image (Compressed file "
+        "ended before the end-of-stream marker was reached); replace the file (it may be "
+        "truncated or not a NIfTI/MHA/NRRD file)"
+    ) in finished.stdout + finished.stderr
+    assert checksums(data) == before
+    assert not (workdir / "results" / "preprocessed" / "manifest.json").exists()
