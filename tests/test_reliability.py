@@ -260,6 +260,23 @@ def test_reference_that_is_not_in_the_cohort(cohort: Path, tmp_path: Path, capsy
     )
 
 
+def test_bad_file_anywhere_stops_before_the_first_registration(
+    cohort: Path, tmp_path: Path, capsys
+) -> None:
+    """The last labelled case's label is broken: found before any elastix run."""
+    label = image_path(cohort, "ct_train_1004", "label")
+    label.write_bytes(label.read_bytes()[:100])
+    before = checksums(cohort)
+    config = write_config(tmp_path / "config.yaml", cohort)
+    elastix_log = tmp_path / "elastix.log"
+    arguments = ["preprocess", "--config", str(config), "--out", str(tmp_path / "out")]
+    assert main([*arguments, "--elastix-log", str(elastix_log)]) == 2
+    assert f"'{label}' cannot be read as an image (" in capsys.readouterr().err
+    assert not elastix_log.exists() or "=====" not in elastix_log.read_text()
+    assert not (tmp_path / "out").exists()
+    assert checksums(cohort) == before
+
+
 # --- a cohort that preprocesses, with one structure missing from one label -------------
 
 

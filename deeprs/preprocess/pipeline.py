@@ -392,6 +392,18 @@ def _qc_table(outputs: Sequence[CaseOutput], n_classes: int, reference_id: str) 
     return buffer.getvalue()
 
 
+def check_cohort(cohort: Sequence[CaseFiles], labels: dict[str, int]) -> None:
+    """Read and validate every case before the first registration.
+
+    Cases are otherwise read one at a time deep into the run, so a broken file near the
+    end of a large cohort would stop the step only after minutes of alignment.
+    """
+    started = time.perf_counter()
+    for files in cohort:
+        load_case(files, labels)
+    log.info("checked %d cases in %.1f s", len(cohort), time.perf_counter() - started)
+
+
 def preprocess_cohort(
     settings: PreprocessSettings,
     out: str | Path,
@@ -406,6 +418,7 @@ def preprocess_cohort(
     out = Path(out)
     cohort = discover_cases(settings.data_dir, settings.layout)
     reference_files = choose_reference(cohort, settings.reference)
+    check_cohort(cohort, settings.labels)
     elastix_log = _ElastixLog(Path(elastix_log_path) if elastix_log_path else None)
     log.info(
         "%d cases (%d labelled); reference %s",
