@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from deeprs.losses import discriminator_loss, reference_image
 from deeprs.nets import NETWORKS, PixelDiscriminator, VoxelMorph2, build_network
-from deeprs.nets.blocks import scale_channels
+from deeprs.nets.blocks import Conv3d, scale_channels
 
 # Small constructor arguments per kind, so that the shape tests stay fast on one thread.
 SMALL = {
@@ -150,3 +152,48 @@ def test_discriminator_learns_to_separate_reference_from_misaligned_pairs() -> N
             aligned = discriminator.confidence(reference_image(moving, fixed, 0.2), fixed)
             misaligned = discriminator.confidence(moving, fixed)
             assert aligned.mean() > misaligned.mean() + 0.5
+
+
+def _bf16_gradients(
+    module: torch.nn.Module, forward: Callable[[], torch.Tensor]
+) -> list[torch.Tensor]:
+    module.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = forward()
+    output.float().square().sum().backward()
+    return [p.grad.clone() for p in module.parameters()]
+
+
+def _assert_finite_and_repeatable(runs: list[list[torch.Tensor]]) -> None:
+    for run in runs:
+        assert all(torch.isfinite(g).all() for g in run)
+        assert all(torch.equal(a, b) for a, b in zip(runs[0], run, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("shape", "kernel", "stride"),
+    [((2, 8, 8), 3, 1), ((2, 2, 4), 3, 1), ((4, 4, 1), 3, 2), ((4, 8, 8), 5, 1), ((8, 1, 8), 5, 1)],
+)
+def test_conv_is_finite_and_repeatable_under_cpu_bf16_on_thin_volumes(
+    shape, kernel, stride
+) -> None:
+    """oneDNN's bf16 gradients on volumes thinner than the kernel were NaN or garbage."""
+    torch.manual_seed(0)
+    conv = Conv3d(32, 16, kernel_size=kernel, padding=kernel // 2, stride=stride)
+    x = torch.randn(1, 32, *shape)
+    _assert_finite_and_repeatable([_bf16_gradients(conv, lambda: conv(x)) for _ in range(4)])
+
+
+def test_networks_train_repeatably_under_cpu_bf16() -> None:
+    """A 32-slice volume reaches a 2-slice bottleneck in VoxelMorph-2 and the U-Nets."""
+    torch.manual_seed(0)
+    moving, fixed = torch.rand(2, 1, 1, 32, 16, 16)
+    registration = build_network("voxelmorph2", width=0.5)
+    _assert_finite_and_repeatable(
+        [_bf16_gradients(registration, lambda: registration(moving, fixed)) for _ in range(3)]
+    )
+    for kind in ("unet3d", "vnet", "fcn3d"):
+        segmentation = build_network(kind, in_channels=1, out_channels=3, width=0.25)
+        _assert_finite_and_repeatable(
+            [_bf16_gradients(segmentation, lambda n=segmentation: n(moving)) for _ in range(3)]
+        )

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from deeprs.data.cases import Manifest, Split, load_manifest, load_split
-from deeprs.device import select_device, set_threads
+from deeprs.device import autocast, select_device, set_threads
 from deeprs.errors import DataError, DeeprsError
 from deeprs.evaluate.metrics import (
     dice,
@@ -200,8 +200,12 @@ def evaluate_split(
     models: dict[str, nn.Module],
     device: torch.device,
     batch_size: int = 8,
+    cpu_bf16: bool = False,
 ) -> pd.DataFrame:
-    """Every metric row of ``spec`` on ``split``'s test cases, columns as :data:`COLUMNS`."""
+    """Every metric row of ``spec`` on ``split``'s test cases, columns as :data:`COLUMNS`.
+
+    The networks run under the same autocast as in training (``cpu_bf16``, always on CUDA).
+    """
     for key in spec.networks:
         if key in ("registration", "segmentation") and key not in models:
             raise DataError(
@@ -216,12 +220,14 @@ def evaluate_split(
     volumes = load_test_volumes(manifest, split, device)
     labels, spacing = manifest.labels, manifest.spacing_zyx
     rows: list[dict[str, object]] = []
-    if evaluates_registration(spec):
-        pairs = registration_pairs(split.test)
-        network = models.get("registration") if spec.registration else None
-        rows += registration_rows(volumes, pairs, labels, spacing, network, batch_size)
-    if spec.segmentation:
-        rows += segmentation_rows(volumes, split.test, labels, spacing, models["segmentation"])
+    with autocast(device, cpu_bf16):
+        if evaluates_registration(spec):
+            pairs = registration_pairs(split.test)
+            network = models.get("registration") if spec.registration else None
+            rows += registration_rows(volumes, pairs, labels, spacing, network, batch_size)
+        if spec.segmentation:
+            segmentation = models["segmentation"]
+            rows += segmentation_rows(volumes, split.test, labels, spacing, segmentation)
     table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("method", "fold")])
     table.insert(0, "fold", fold_label(split))
     table.insert(0, "method", spec.name)
@@ -266,6 +272,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=8, help="registration pairs per network pass"
     )
+    parser.add_argument(
+        "--cpu-bf16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bf16 autocast of the networks on the CPU too (config train.cpu_bf16)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -277,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
     models = _load_models(spec, args.model, manifest, device)
     if args.batch_size < 1:
         raise DeeprsError(f"--batch-size must be at least 1, got {args.batch_size}")
-    table = evaluate_split(spec, manifest, split, models, device, args.batch_size)
+    table = evaluate_split(spec, manifest, split, models, device, args.batch_size, args.cpu_bf16)
     write_metrics(table, args.out)
     summary = table.groupby("task")["dice"].mean()
     for task, mean_dice in summary.items():

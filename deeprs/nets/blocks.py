@@ -10,6 +10,52 @@ from torch import nn
 MIN_CHANNELS = 4
 
 
+class _AutocastSafe:
+    """Runs the convolution in float32 where oneDNN's CPU bf16 kernels are wrong.
+
+    With torch 2.13 on the CPU, the bf16 gradients of a 3-D convolution whose input or
+    output is thinner than its kernel along some axis (a side of 2 voxels for a 3x3x3
+    kernel, 3-4 for a 5x5x5 one: the bottlenecks of small volumes) came back with NaN or
+    uninitialised values, differently from run to run. Such layers are tiny, so float32
+    costs nothing there; every other layer keeps bf16.
+    """
+
+    def _too_thin(self, shape: Sequence[int]) -> bool:
+        smallest = max(3, *self.kernel_size)  # type: ignore[attr-defined]
+        return min(*shape, *self._output_shape(shape)) < smallest  # type: ignore[attr-defined]
+
+    def forward(self, x: torch.Tensor, *args: object) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            if self._too_thin(x.shape[2:]):
+                with torch.autocast("cpu", enabled=False):
+                    return super().forward(x.float(), *args)  # type: ignore[misc]
+        return super().forward(x, *args)  # type: ignore[misc]
+
+
+class Conv3d(_AutocastSafe, nn.Conv3d):
+    """``nn.Conv3d`` that is safe under CPU bf16 autocast (see :class:`_AutocastSafe`)."""
+
+    def _output_shape(self, shape: Sequence[int]) -> list[int]:
+        return [
+            (size + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
+            for size, pad, dil, kernel, stride in zip(
+                shape, self.padding, self.dilation, self.kernel_size, self.stride, strict=True
+            )
+        ]
+
+
+class ConvTranspose3d(_AutocastSafe, nn.ConvTranspose3d):
+    """``nn.ConvTranspose3d`` that is safe under CPU bf16 autocast."""
+
+    def _output_shape(self, shape: Sequence[int]) -> list[int]:
+        return [
+            (size - 1) * stride - 2 * pad + dil * (kernel - 1) + 1
+            for size, pad, dil, kernel, stride in zip(
+                shape, self.padding, self.dilation, self.kernel_size, self.stride, strict=True
+            )
+        ]
+
+
 def scale_channels(channels: Sequence[int], width: float) -> list[int]:
     """Multiply channel counts by ``width`` (rounded, at least 4) for thinner CPU presets."""
     if width <= 0:
@@ -59,7 +105,7 @@ class ConvNormAct(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, norm: str = "instance") -> None:
         super().__init__(
-            nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1),
+            Conv3d(in_channels, out_channels, kernel_size=3, padding=1),
             norm_layer(norm, out_channels),
             nn.LeakyReLU(0.01, inplace=True),
         )

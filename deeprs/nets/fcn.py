@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeprs.nets.blocks import ConvNormAct, DoubleConv, check_divisible, scale_channels
+from deeprs.nets.blocks import Conv3d, ConvNormAct, DoubleConv, check_divisible, scale_channels
 
 
 class FCN3D(nn.Module):
@@ -50,12 +50,12 @@ class FCN3D(nn.Module):
         head_channels = 2 * channels[-1]
         self.head = nn.Sequential(
             ConvNormAct(channels[-1], head_channels),
-            nn.Conv3d(head_channels, head_channels, kernel_size=1),
+            Conv3d(head_channels, head_channels, kernel_size=1),
             nn.LeakyReLU(0.01, inplace=True),
         )
-        self.score_head = nn.Conv3d(head_channels, out_channels, kernel_size=1)
-        self.score_stage3 = nn.Conv3d(channels[-2], out_channels, kernel_size=1)
-        self.score_stage2 = nn.Conv3d(channels[-3], out_channels, kernel_size=1)
+        self.score_head = Conv3d(head_channels, out_channels, kernel_size=1)
+        self.score_stage3 = Conv3d(channels[-2], out_channels, kernel_size=1)
+        self.score_stage2 = Conv3d(channels[-3], out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_divisible(x, self.size_divisor, type(self).__name__)

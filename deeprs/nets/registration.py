@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeprs.nets.blocks import scale_channels
+from deeprs.nets.blocks import Conv3d, scale_channels
 
 ENCODER_LENGTH = 4
 DECODER_LENGTH = 7
@@ -19,7 +19,7 @@ class _ConvLeaky(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__(
-            nn.Conv3d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1),
+            Conv3d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1),
             nn.LeakyReLU(0.2, inplace=True),
         )
 
@@ -70,7 +70,7 @@ class VoxelMorph2(nn.Module):
         self.half_res = nn.Sequential(_ConvLeaky(channels, dec[3]), _ConvLeaky(dec[3], dec[4]))
         channels = dec[4] + skip_channels[0]
         self.full_res = nn.Sequential(_ConvLeaky(channels, dec[5]), _ConvLeaky(dec[5], dec[6]))
-        self.flow = nn.Conv3d(dec[6], 3, kernel_size=3, padding=1)
+        self.flow = Conv3d(dec[6], 3, kernel_size=3, padding=1)
         nn.init.normal_(self.flow.weight, mean=0.0, std=1e-5)
         nn.init.zeros_(self.flow.bias)
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from deeprs.nets.blocks import DoubleConv, check_divisible, scale_channels
+from deeprs.nets.blocks import Conv3d, ConvTranspose3d, DoubleConv, check_divisible, scale_channels
 
 
 class UNet3D(nn.Module):
@@ -49,10 +49,10 @@ class UNet3D(nn.Module):
         self.upsample = nn.ModuleList()
         self.up = nn.ModuleList()
         for count in reversed(channels[:-1]):
-            self.upsample.append(nn.ConvTranspose3d(previous, count, kernel_size=2, stride=2))
+            self.upsample.append(ConvTranspose3d(previous, count, kernel_size=2, stride=2))
             self.up.append(DoubleConv(2 * count, count, norm))
             previous = count
-        self.head = nn.Conv3d(previous, out_channels, kernel_size=1)
+        self.head = Conv3d(previous, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_divisible(x, self.size_divisor, type(self).__name__)

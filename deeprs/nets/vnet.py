@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from deeprs.nets.blocks import check_divisible, scale_channels
+from deeprs.nets.blocks import Conv3d, ConvTranspose3d, check_divisible, scale_channels
 
 DOWN_CONVS = (1, 2, 3, 3, 3)  # 5x5x5 convs per encoder stage, top to bottom (the paper's)
 UP_CONVS = (3, 3, 2, 1)  # per decoder stage, bottom to top
@@ -20,7 +20,7 @@ UP_CONVS = (3, 3, 2, 1)  # per decoder stage, bottom to top
 
 def _conv5(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv3d(in_channels, out_channels, kernel_size=5, padding=2),
+        Conv3d(in_channels, out_channels, kernel_size=5, padding=2),
         nn.InstanceNorm3d(out_channels, affine=True),
     )
 
@@ -37,7 +37,7 @@ class _ResidualStage(nn.Module):
             layers.append(_conv5(in_channels if index == 0 else channels, channels))
         self.convs = nn.Sequential(*layers)
         self.shortcut = (
-            nn.Identity() if in_channels == channels else nn.Conv3d(in_channels, channels, 1)
+            nn.Identity() if in_channels == channels else Conv3d(in_channels, channels, 1)
         )
         self.activation = nn.PReLU(channels)
 
@@ -47,7 +47,7 @@ class _ResidualStage(nn.Module):
 
 def _down(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv3d(in_channels, out_channels, kernel_size=2, stride=2),
+        Conv3d(in_channels, out_channels, kernel_size=2, stride=2),
         nn.InstanceNorm3d(out_channels, affine=True),
         nn.PReLU(out_channels),
     )
@@ -55,7 +55,7 @@ def _down(in_channels: int, out_channels: int) -> nn.Sequential:
 
 def _up(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.ConvTranspose3d(in_channels, out_channels, kernel_size=2, stride=2),
+        ConvTranspose3d(in_channels, out_channels, kernel_size=2, stride=2),
         nn.InstanceNorm3d(out_channels, affine=True),
         nn.PReLU(out_channels),
     )
@@ -94,7 +94,7 @@ class VNet(nn.Module):
             self.ups.append(_up(previous, channels[level]))
             previous = 2 * channels[level]
             self.decoder.append(_ResidualStage(previous, previous, convs))
-        self.head = nn.Conv3d(previous, out_channels, kernel_size=1)
+        self.head = Conv3d(previous, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_divisible(x, self.size_divisor, type(self).__name__)

@@ -41,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    parser.add_argument(
+        "--cpu-bf16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bf16 autocast of the networks on the CPU too (config train.cpu_bf16)",
+    )
 
 
 def parse_weights(text: str) -> dict[str, float]:
@@ -67,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
         threads=args.threads,
+        cpu_bf16=args.cpu_bf16,
     )
     manifest = load_manifest(args.manifest)
     split = load_split(args.split, manifest)

@@ -63,6 +63,7 @@ class StepContext:
     device: torch.device
     generator: torch.Generator
     base_lr: float
+    cpu_bf16: bool = False
 
 
 @contextlib.contextmanager
@@ -112,7 +113,10 @@ def registration_step(
     assert registration is not None
     terms: dict[str, torch.Tensor] = {}
     total = torch.zeros((), device=context.device)
-    with frozen(networks.segmentation, networks.discriminator), autocast(context.device):
+    with (
+        frozen(networks.segmentation, networks.discriminator),
+        autocast(context.device, context.cpu_bf16),
+    ):
         displacement = registration(pair.moving, pair.fixed)
         warped = warp(pair.moving, displacement)
         if method.similarity_ncc:
@@ -167,7 +171,7 @@ def discriminator_step(
     discriminator = networks.discriminator
     assert discriminator is not None
     reference = losses.reference_image(pair.moving, pair.fixed, context.method.reference_beta)
-    with autocast(context.device):
+    with autocast(context.device, context.cpu_bf16):
         # One batched forward for both pairs (instance normalisation keeps them independent).
         logits = discriminator(torch.cat([reference, warped]), torch.cat([pair.fixed, pair.fixed]))
         loss = losses.discriminator_loss(logits[:1], logits[1:])
@@ -224,7 +228,7 @@ def segmentation_step(
         confidence = None
         if displacement is not None and method.acm:
             assert networks.discriminator is not None
-            with autocast(context.device):
+            with autocast(context.device, context.cpu_bf16):
                 confidence = networks.discriminator.confidence(warped_image, pair.fixed)
     if displacement is not None and (method.acm or method.weak_supervision_unweighted):
         inputs["fixed"] = pair.fixed
@@ -232,7 +236,7 @@ def segmentation_step(
         inputs["moving"] = pair.moving
     terms: dict[str, torch.Tensor] = {}
     total = torch.zeros((), device=context.device)
-    with autocast(context.device):
+    with autocast(context.device, context.cpu_bf16):
         # One batched forward of every image S sees in this step.
         logits = dict(
             zip(inputs, segmentation(torch.cat(list(inputs.values()))).split(1), strict=True)

@@ -71,6 +71,7 @@ class TrainSettings:
     checkpoint_every: int = 100
     seed: int = 2020
     threads: int = 1
+    cpu_bf16: bool = True
 
     def __post_init__(self) -> None:
         unknown = set(self.weights) - set(DEFAULT_WEIGHTS)
@@ -92,6 +93,7 @@ class TrainSettings:
             "lr": self.lr,
             "weights": dict(self.weights),
             "seed": self.seed,
+            "cpu_bf16": self.cpu_bf16,
         }
 
 
@@ -209,6 +211,7 @@ class _Run:
             device=device,
             generator=self.generator,
             base_lr=settings.lr,
+            cpu_bf16=settings.cpu_bf16,
         )
         self.spacing_zyx = manifest.spacing_zyx
         self.pairs = (
@@ -256,7 +259,7 @@ class _Run:
             if displacement is None and not pretraining:
                 registration = self.networks.registration
                 assert registration is not None
-                with torch.no_grad(), autocast(self.device):
+                with torch.no_grad(), autocast(self.device, self.settings.cpu_bf16):
                     displacement = registration(pair.moving, pair.fixed).float()
             row.update(segmentation_step(self.context, self.networks, pair, displacement))
         return row

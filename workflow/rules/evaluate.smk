@@ -14,6 +14,7 @@ rule evaluate:
         method=lambda wildcards: method_of_run(wildcards.run),
         model=lambda wildcards, input: f"--model '{input.model}'" if "model" in input.keys() else "",
         device=config["train"]["device"],
+        precision="--cpu-bf16" if config["train"]["cpu_bf16"] else "--no-cpu-bf16",
     threads: config["train"]["threads"]
     resources:
         # Trained methods run their networks on the training device (training_gpus in
@@ -24,4 +25,4 @@ rule evaluate:
     shell:
         "deeprs evaluate --method {params.method} --split {input.split:q}"
         " --manifest {input.manifest:q} {params.model} --out {output:q}"
-        " --device {params.device} --threads {threads} > {log:q} 2>&1"
+        " --device {params.device} {params.precision} --threads {threads} > {log:q} 2>&1"

@@ -39,6 +39,7 @@ rule train:
         checkpoint_every=config["train"]["checkpoint_every"],
         seed=config["seed"],
         device=config["train"]["device"],
+        precision="--cpu-bf16" if config["train"]["cpu_bf16"] else "--no-cpu-bf16",
     threads: config["train"]["threads"]
     resources:
         gpu=training_gpus(),
@@ -49,4 +50,4 @@ rule train:
         " --split {input.split:q} --out-dir {params.out_dir:q}"
         " --iterations {params.iterations} --width {params.width} --lr {params.lr}"
         " --weights {params.weights:q} --checkpoint-every {params.checkpoint_every}"
-        " --seed {params.seed} --device {params.device} --threads {threads} > {log:q} 2>&1"
+        " --seed {params.seed} --device {params.device} {params.precision} --threads {threads} > {log:q} 2>&1"
