@@ -1,17 +1,18 @@
 """``deeprs bench``: time and memory of the training steps, ours against a plain reference.
 
-For every size and every step (R, S, D and the whole joint iteration of DeepRS) it runs
-one child process per implementation, so that each peak-memory figure is that process's
-own: the peak resident memory during the timed steps minus the resident memory before
-them (models and data), or ``torch.cuda.max_memory_allocated`` on CUDA. Implementations:
+For every size and every step (R, S, D and the whole joint iteration of DeepRS) the peak
+memory of each implementation is measured in a child process of its own (the peak
+resident memory of one step minus the resident memory before it, i.e. beyond models and
+data; ``torch.cuda.max_memory_allocated`` on CUDA), then all implementations are timed in
+one child, taking turns step by step, so that the ratios survive a shared machine whose
+load changes. Implementations:
 
 * ``ours``: the trainer's steps (:mod:`deeprs.train.steps`) as the trainer runs them;
 * ``ours+perf``: the same steps with :mod:`deeprs.perf` (channels_last_3d, cudnn.benchmark);
 * ``reference``: :mod:`deeprs.bench_reference`, written like VoxelMorph's reference code.
 
-Each child does ``--warmup`` untimed steps, then ``--repeats`` timed ones; the JSON keeps
-every time, the median, voxels per second and the machine's load average (the timings
-of a shared machine mean little without it).
+The timing child does ``--warmup`` untimed rounds, then ``--repeats`` timed ones; the JSON
+keeps every time, the median, voxels per second and the machine's load average.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from deeprs.device import select_device
 from deeprs.errors import ConfigError
 from deeprs.io import write_json
 
@@ -191,54 +193,90 @@ def _max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_case(case: BenchCase) -> dict[str, Any]:
-    """Measure one case in this process (the parent runs each in a fresh child)."""
+def _build_step(case: BenchCase, device: torch.device) -> Callable[[], None]:
+    if case.implementation == "reference":
+        return _reference_step(case, device)
+    return _ours_step(case, device, perf=case.implementation == "ours+perf")
+
+
+def _timed(step: Callable[[], None], device: torch.device) -> float:
+    _synchronize(device)
+    began = time.perf_counter()
+    step()
+    _synchronize(device)
+    return time.perf_counter() - began
+
+
+def measure_memory(case: BenchCase) -> float:
+    """Peak memory (MB) of one step of ``case`` in this process, beyond models and data."""
     from deeprs.device import select_device, set_threads
 
     device = select_device(case.device)
     set_threads(case.threads)
     torch.manual_seed(case.seed)
-    if case.implementation == "reference":
-        step = _reference_step(case, device)
-    else:
-        step = _ours_step(case, device, perf=case.implementation == "ours+perf")
+    step = _build_step(case, device)
     _synchronize(device)
-    rss_before = _max_rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(case.warmup):
-        step()
-    times = []
-    for _ in range(case.repeats):
-        _synchronize(device)
-        began = time.perf_counter()
         step()
         _synchronize(device)
-        times.append(time.perf_counter() - began)
-    median = statistics.median(times)
-    if device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        peak_mb = _max_rss_mb() - rss_before
-    voxels = case.shape_xyz[0] * case.shape_xyz[1] * case.shape_xyz[2]
-    return {
-        **asdict(case),
-        "device": str(device),
-        "times_s": times,
-        "median_s": median,
-        "voxels_per_s": voxels / median,
-        "peak_memory_mb": peak_mb,
-        "peak_rss_mb": _max_rss_mb(),
-    }
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss_before = _max_rss_mb()
+    step()
+    return _max_rss_mb() - rss_before
 
 
-def run_isolated(case: BenchCase) -> dict[str, Any]:
-    """:func:`run_case` in a fresh process, so that its peak memory is its own."""
+def measure_times(cases: list[BenchCase]) -> list[list[float]]:
+    """Step times of several implementations in this process, taken in turns.
+
+    Round-robin (one step of each, then again) so that a change in the machine's load
+    falls on every implementation alike and the ratios stay meaningful.
+    """
+    from deeprs.device import select_device, set_threads
+
+    device = select_device(cases[0].device)
+    set_threads(cases[0].threads)
+    steps = []
+    for case in cases:
+        torch.manual_seed(case.seed)
+        steps.append(_build_step(case, device))
+    for _ in range(cases[0].warmup):
+        for step in steps:
+            step()
+    times: list[list[float]] = [[] for _ in cases]
+    for _ in range(cases[0].repeats):
+        for index, step in enumerate(steps):
+            times[index].append(_timed(step, device))
+    return times
+
+
+def _in_child(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` in a fresh process, so that its peak memory is its own."""
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(
         max_workers=1, mp_context=context, max_tasks_per_child=1
     ) as pool:
-        return pool.submit(run_case, case).result()
+        return pool.submit(function, *args).result()
+
+
+def run_cases(cases: list[BenchCase]) -> list[dict[str, Any]]:
+    """Memory of each case in its own child, then their times in turns in one child."""
+    memory = [_in_child(measure_memory, case) for case in cases]
+    times = _in_child(measure_times, cases)
+    results = []
+    for case, peak_mb, case_times in zip(cases, memory, times, strict=True):
+        median = statistics.median(case_times)
+        voxels = case.shape_xyz[0] * case.shape_xyz[1] * case.shape_xyz[2]
+        results.append(
+            {
+                **asdict(case),
+                "times_s": case_times,
+                "median_s": median,
+                "voxels_per_s": voxels / median,
+                "peak_memory_mb": peak_mb,
+            }
+        )
+    return results
 
 
 def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -298,16 +336,16 @@ def benchmark(
     for name in sizes:
         size, shape, width = parse_size(name)
         for step in steps:
-            for implementation in implementations:
-                case = BenchCase(
-                    implementation, step, size, shape, width, device, threads, warmup, repeats
-                )
-                result = run_isolated(case)
+            cases = [
+                BenchCase(impl, step, size, shape, width, device, threads, warmup, repeats)
+                for impl in implementations
+            ]
+            for result in run_cases(cases):
                 results.append(result)
                 if progress is not None:
                     progress(
-                        f"{size} {step} {implementation}: {result['median_s']:.3f} s/step, "
-                        f"peak {result['peak_memory_mb']:.0f} MB"
+                        f"{size} {step} {result['implementation']}: "
+                        f"{result['median_s']:.3f} s/step, peak {result['peak_memory_mb']:.0f} MB"
                     )
     return {
         "torch": torch.__version__,
@@ -315,7 +353,7 @@ def benchmark(
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "load_average": list(os.getloadavg()),
-        "device": results[0]["device"] if results else device,
+        "device": str(select_device(device)),
         "threads": threads,
         "repeats": repeats,
         "warmup": warmup,
@@ -354,6 +392,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
         raise ConfigError("options --repeats and --threads must be >= 1 and --warmup >= 0")
+    select_device(args.device)
     sizes = [item.strip() for item in args.sizes.split(",") if item.strip()]
     for size in sizes:
         parse_size(size)
