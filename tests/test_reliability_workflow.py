@@ -11,6 +11,7 @@ from __future__ import annotations
 import filecmp
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from deeprs.cli import main
@@ -83,7 +85,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     for workdir in workdirs:
         finished = run(snakemake(workdir, configfile, "reproduce"))
         assert finished.returncode == 0, finished.stderr[-3000:]
-    return {"data": data, "before": before, "workdirs": workdirs}
+    return {"data": data, "before": before, "workdirs": workdirs, "configfile": configfile}
 
 
 def test_inputs_are_unchanged_and_outputs_stay_in_results_and_logs(study: dict) -> None:
@@ -126,6 +128,48 @@ def test_two_runs_of_one_config_give_identical_results_on_the_cpu(study: dict) -
     ]
     different = [name for name in compared if not filecmp.cmp(first / name, second / name, False)]
     assert not different, f"differ between two runs of one config: {different}"
+
+
+def test_training_killed_under_snakemake_resumes_from_its_checkpoint(
+    study: dict, tmp_path: Path
+) -> None:
+    """The study again with longer training; Snakemake and its jobs are killed once the
+    first checkpoint exists. After `--unlock`, the same command resumes the training (its
+    log says so) instead of starting over."""
+    workdir = Path(shutil.copytree(study["workdirs"][0], tmp_path / "work", symlinks=True))
+    config = yaml.safe_load(study["configfile"].read_text())
+    config["train"].update(iterations=40, checkpoint_every=2)
+    configfile = tmp_path / "longer.yaml"
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    target = "results/deeprs/fold_0/model.pt"
+    checkpoint = workdir / "results" / "deeprs" / "fold_0" / "checkpoint.pt"
+    with open(tmp_path / "killed.log", "w") as log:
+        job = subprocess.Popen(
+            snakemake(workdir, configfile, target),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment(),
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists():
+        assert job.poll() is None, (tmp_path / "killed.log").read_text()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait(timeout=60)
+    saved_at = torch.load(checkpoint, weights_only=True)["iteration"]
+
+    assert run(snakemake(workdir, configfile, "--unlock")).returncode == 0
+    resumed = run(snakemake(workdir, configfile, target))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    train_log = (workdir / "logs" / "deeprs" / "fold_0" / "train.log").read_text()
+    assert (
+        f"resuming deeprs on fold_0 from results/deeprs/fold_0/checkpoint.pt at iteration "
+        f"{saved_at}" in train_log
+    )
+    assert torch.load(workdir / target, weights_only=True)["iteration"] == 40
+    assert not checkpoint.exists()
 
 
 def test_snakemake_killed_mid_job_is_redone_with_rerun_incomplete(tmp_path: Path) -> None:
