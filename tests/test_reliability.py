@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -365,10 +366,8 @@ def test_fewer_labelled_cases_than_the_folds_need(
     assert not (tmp_path / "splits").exists() or not any((tmp_path / "splits").iterdir())
 
 
-def test_console_script_prints_one_line_and_exits_2(pristine: Path, tmp_path: Path) -> None:
+def test_console_script_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     """The installed `deeprs` command, not just main(): no traceback reaches the user."""
-    import subprocess
-
     script = Path(sys.executable).with_name("deeprs")
     config = write_config(tmp_path / "config.yaml", tmp_path / "nowhere")
     finished = subprocess.run(
