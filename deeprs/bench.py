@@ -7,7 +7,8 @@ data; ``torch.cuda.max_memory_allocated`` on CUDA), then all implementations are
 one child, taking turns step by step, so that the ratios survive a shared machine whose
 load changes. Implementations:
 
-* ``ours``: the trainer's steps (:mod:`deeprs.train.steps`) as the trainer runs them;
+* ``ours``: the trainer's steps (:mod:`deeprs.train.steps`) with the trainer's default
+  settings (bf16 autocast on the CPU too, ``TrainSettings.cpu_bf16``);
 * ``ours+perf``: the same steps with :mod:`deeprs.perf` (channels_last_3d, cudnn.benchmark);
 * ``reference``: :mod:`deeprs.bench_reference`, written like VoxelMorph's reference code.
 
@@ -145,6 +146,7 @@ def _ours_step(case: BenchCase, device: torch.device, perf: bool) -> Callable[[]
         device=device,
         generator=torch.Generator().manual_seed(case.seed),
         base_lr=settings.lr,
+        cpu_bf16=settings.cpu_bf16,
     )
     pair = Pair(moving=moving, moving_label=label, fixed=fixed, fixed_label=None)
     with torch.no_grad():
