@@ -51,8 +51,11 @@ def _local_rules() -> set[str]:
     sources = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
     names: set[str] = set()
     for source in sources:
-        for match in re.finditer(r"^localrules:\s*(.+)$", source.read_text(), re.MULTILINE):
-            names.update(name.strip() for name in match.group(1).split(",") if name.strip())
+        # The names follow on the same line or on the indented lines below it.
+        for match in re.finditer(
+            r"^localrules:(.*(?:\n[ \t]+.*)*)", source.read_text(), re.MULTILINE
+        ):
+            names.update(name for name in re.split(r"[,\s]+", match.group(1)) if name)
     return names
 
 
