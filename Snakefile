@@ -32,6 +32,13 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/bench.smk"
 
 
+# Rules that only read small files run where Snakemake runs, not as cluster jobs.
+localrules:
+    reproduce,
+    split,
+    report,
+
+
 rule reproduce:
     """Every method, study and report of the config."""
     input:

@@ -107,7 +107,7 @@ _DEEPRS_R = dict(
 # The direct joint model of Table 2: DeepRS's R plus S trained on R's augmentation data.
 _DIRECT_JOINT = dict(_DEEPRS_R, segmentation=True, augmentation_data=True)
 
-_DEEPRS_PAPER = "Xu et al. 2020, DeepRS (this paper)"
+_DEEPRS_PAPER = "He et al. 2020, DeepRS (the paper this package implements)"
 
 _DECLARATIONS = (
     MethodSpec(

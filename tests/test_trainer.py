@@ -26,7 +26,7 @@ from deeprs.train.checkpoint import read_payload
 from deeprs.train.history import LOSS_TERMS
 from deeprs.train.sampling import load_training_data
 from deeprs.train.steps import discriminator_lr_factor
-from deeprs.train.trainer import CHECKPOINT_FILE, active_updates
+from deeprs.train.trainer import CHECKPOINT_FILE, active_updates, build_networks
 
 CPU = torch.device("cpu")
 STRUCTURES = {"shell": 1, "core": 2}
@@ -362,3 +362,16 @@ def test_only_the_splits_training_labels_are_loaded(small: tuple[Manifest, Split
     data = load_training_data(manifest, pooled, torch.device("cpu"))
     assert set(data.labels) == {split.train_moving[0]}
     assert {split.train_moving[1], split.test[0]} <= set(data.images)
+
+
+def test_every_method_starts_from_the_same_networks() -> None:
+    """S of DeepRS starts where the 3D U-Net's does, R where VoxelMorph-2's does."""
+    settings = quick()
+    built = {
+        name: build_networks(get_method(name), len(STRUCTURES) + 1, settings, CPU)[0]
+        for name in ("unet3d", "voxelmorph2", "deeprs")
+    }
+    for role, reference in (("segmentation", "unet3d"), ("registration", "voxelmorph2")):
+        expected = getattr(built[reference], role).state_dict()
+        actual = getattr(built["deeprs"], role).state_dict()
+        assert all(torch.equal(expected[key], actual[key]) for key in expected)

@@ -33,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument(
+        "--discriminator-lr",
+        type=float,
+        default=None,
+        help="learning rate of the discriminator (default: --lr)",
+    )
+    parser.add_argument(
         "--weights",
         default="{}",
         help=f"JSON object of loss weights (defaults {json.dumps(DEFAULT_WEIGHTS)})",
@@ -74,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=args.threads,
         cpu_bf16=args.cpu_bf16,
+        discriminator_lr=args.discriminator_lr,
     )
     manifest = load_manifest(args.manifest)
     split = load_split(args.split, manifest)

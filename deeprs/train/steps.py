@@ -63,6 +63,7 @@ class StepContext:
     device: torch.device
     generator: torch.Generator
     base_lr: float
+    """The discriminator's learning rate before Fan's schedule scales it."""
     cpu_bf16: bool = False
 
 
@@ -172,7 +173,7 @@ def discriminator_step(
     assert discriminator is not None
     reference = losses.reference_image(pair.moving, pair.fixed, context.method.reference_beta)
     with autocast(context.device, context.cpu_bf16):
-        # One batched forward for both pairs (instance normalisation keeps them independent).
+        # One batched forward for both pairs (D has no normalisation layer: they stay independent).
         logits = discriminator(torch.cat([reference, warped]), torch.cat([pair.fixed, pair.fixed]))
         loss = losses.discriminator_loss(logits[:1], logits[1:])
     factor = 1.0

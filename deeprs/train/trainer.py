@@ -72,6 +72,12 @@ class TrainSettings:
     seed: int = 2020
     threads: int = 1
     cpu_bf16: bool = True
+    discriminator_lr: float | None = None
+
+    @property
+    def lr_discriminator(self) -> float:
+        """D's learning rate: ``discriminator_lr`` when set, else the shared ``lr``."""
+        return self.lr if self.discriminator_lr is None else self.discriminator_lr
 
     def __post_init__(self) -> None:
         unknown = set(self.weights) - set(DEFAULT_WEIGHTS)
@@ -94,6 +100,7 @@ class TrainSettings:
             "weights": dict(self.weights),
             "seed": self.seed,
             "cpu_bf16": self.cpu_bf16,
+            "discriminator_lr": self.lr_discriminator,
         }
 
 
@@ -118,29 +125,34 @@ IterationCallback = Callable[[int, dict[str, float]], None]
 def build_networks(
     method: MethodSpec, num_classes: int, settings: TrainSettings, device: torch.device
 ) -> tuple[Networks, dict[str, tuple[str, nn.Module]]]:
-    """The method's networks (seeded initialisation) and optimisers as in the paper."""
-    torch.manual_seed(settings.seed)
+    """The method's networks and optimisers as in the paper.
+
+    Each network is initialised from the seed alone, not from what was built before it, so
+    that every method starts from the same R and the same S (a controlled comparison:
+    DeepRS's S begins where the 3D U-Net's does).
+    """
+
+    def seeded(kind: str, **args: object) -> nn.Module:
+        torch.manual_seed(settings.seed)
+        return build_network(kind, width=settings.width, **args)
+
     kinds: dict[str, tuple[str, nn.Module]] = {}
     if method.registration:
-        kinds["registration"] = ("voxelmorph2", build_network("voxelmorph2", width=settings.width))
+        kinds["registration"] = ("voxelmorph2", seeded("voxelmorph2"))
     if method.segmentation:
         kind = method.segmentation_kind
-        net = build_network(kind, in_channels=1, out_channels=num_classes, width=settings.width)
+        net = seeded(kind, in_channels=1, out_channels=num_classes)
         kinds["segmentation"] = (kind, net)
     if method.discriminator:
-        kinds["discriminator"] = (
-            "discriminator",
-            build_network("discriminator", width=settings.width),
-        )
+        kinds["discriminator"] = ("discriminator", seeded("discriminator"))
     optimizers: dict[str, torch.optim.Optimizer] = {}
     for key, (_, net) in kinds.items():
         net.to(device).train()
         if key == "segmentation":
             optimizers[key] = torch.optim.Adam(net.parameters(), lr=settings.lr)
         else:
-            optimizers[key] = torch.optim.RMSprop(
-                net.parameters(), lr=settings.lr, alpha=RMSPROP_ALPHA
-            )
+            lr = settings.lr_discriminator if key == "discriminator" else settings.lr
+            optimizers[key] = torch.optim.RMSprop(net.parameters(), lr=lr, alpha=RMSPROP_ALPHA)
     networks = Networks(
         registration=kinds.get("registration", (None, None))[1],
         segmentation=kinds.get("segmentation", (None, None))[1],
@@ -210,7 +222,7 @@ class _Run:
             num_classes=num_classes,
             device=device,
             generator=self.generator,
-            base_lr=settings.lr,
+            base_lr=settings.lr_discriminator,
             cpu_bf16=settings.cpu_bf16,
         )
         self.spacing_zyx = manifest.spacing_zyx

@@ -35,6 +35,11 @@ rule train:
         iterations=config["train"]["iterations"],
         width=config["train"]["width"],
         lr=config["train"]["lr"],
+        discriminator_lr=(
+            f"--discriminator-lr {config['train']['discriminator_lr']}"
+            if config["train"]["discriminator_lr"] is not None
+            else ""
+        ),
         weights=json.dumps(config["train"]["weights"], sort_keys=True),
         checkpoint_every=config["train"]["checkpoint_every"],
         seed=config["seed"],
@@ -48,6 +53,6 @@ rule train:
     shell:
         "deeprs train --method {params.method} --manifest {input.manifest:q}"
         " --split {input.split:q} --out-dir {params.out_dir:q}"
-        " --iterations {params.iterations} --width {params.width} --lr {params.lr}"
+        " --iterations {params.iterations} --width {params.width} --lr {params.lr} {params.discriminator_lr}"
         " --weights {params.weights:q} --checkpoint-every {params.checkpoint_every}"
         " --seed {params.seed} --device {params.device} {params.precision} --threads {threads} > {log:q} 2>&1"
