@@ -26,6 +26,7 @@ from tqdm import tqdm
 from deeprs.data.cases import Manifest, Split, load_manifest, load_split
 from deeprs.device import autocast, select_device, set_threads
 from deeprs.errors import DataError, DeeprsError
+from deeprs.evaluate import METRICS_COLUMNS
 from deeprs.evaluate.metrics import (
     dice,
     hd95,
@@ -40,16 +41,7 @@ from deeprs.train.sampling import crop_to_shape, pad_to_multiple
 
 log = logging.getLogger(__name__)
 
-COLUMNS = (
-    "method",
-    "fold",
-    "task",
-    "sample",
-    "structure",
-    "dice",
-    "hd95_mm",
-    "nonpositive_jacobian_pct",
-)
+COLUMNS = METRICS_COLUMNS
 
 
 @dataclass

@@ -17,17 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from deeprs.errors import DataError
+from deeprs.evaluate import METRICS_COLUMNS
 
-METRICS_COLUMNS = (
-    "method",
-    "fold",
-    "task",
-    "sample",
-    "structure",
-    "dice",
-    "hd95_mm",
-    "nonpositive_jacobian_pct",
-)
 TASKS = ("registration", "segmentation")
 TASK_PREFIX = {"registration": "R", "segmentation": "S"}
 
