@@ -4,7 +4,7 @@ Written the way VoxelMorph's reference PyTorch code is written, so that ``deeprs
 can state our speed as a ratio to it:
 
 * VoxelMorph-2 with stride-2 encoder convolutions and ``nn.Upsample(scale_factor=2)``,
-  a 3D U-Net 16..128 (two conv + instance norm + LeakyReLU per level) for S, the same
+  a 3D U-Net 16..128 (two conv + instance norm + PReLU per level) for S, the same
   U-Net without normalisation, two input channels and one output for D (the layers of
   :mod:`deeprs.nets`, so the same multiply-adds); float32, eager, contiguous
   (no channels_last), no autocast;
@@ -152,10 +152,10 @@ class ReferenceUNet3D(nn.Module):
             return nn.Sequential(
                 nn.Conv3d(a, b, 3, padding=1),
                 normalise(b),
-                nn.LeakyReLU(0.01),
+                nn.PReLU(b),
                 nn.Conv3d(b, b, 3, padding=1),
                 normalise(b),
-                nn.LeakyReLU(0.01),
+                nn.PReLU(b),
             )
 
         self.encoders = nn.ModuleList()

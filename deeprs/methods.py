@@ -55,7 +55,6 @@ class MethodSpec:
     reference_beta: float = 0.2
     discriminator_lr_schedule: bool = False
     segmentation_pretrain_fraction: float = 0.0
-    alternating_phase_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.segmentation_kind not in SEGMENTATION_KINDS:
@@ -146,7 +145,6 @@ _DECLARATIONS = (
         anatomy_weight=2.0,
         supervised_weight=3.0,
         segmentation_pretrain_fraction=0.25,
-        alternating_phase_fraction=0.05,
     ),
     MethodSpec(
         "hybridcnn",

@@ -94,7 +94,6 @@ def test_method_specific_constants() -> None:
     assert (deepatlas.anatomy_weight, deepatlas.supervised_weight) == (2.0, 3.0)
     assert deepatlas.segmentation_loss == "dice"
     assert 0 < deepatlas.segmentation_pretrain_fraction < 1
-    assert deepatlas.alternating_phase_fraction > 0
 
 
 def test_ablation_rows_differ_from_direct_joint_by_one_switch() -> None:

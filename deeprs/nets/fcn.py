@@ -14,7 +14,7 @@ from deeprs.nets.blocks import Conv3d, ConvNormAct, DoubleConv, check_divisible,
 class FCN3D(nn.Module):
     """Image -> per-voxel logits through score maps fused across scales, no decoder path.
 
-    A plain encoder (two conv + norm + LeakyReLU per stage, max-pooling after each stage)
+    A plain encoder (two conv + norm + PReLU per stage, max-pooling after each stage)
     ends in an FCN "fc" head (a 3x3x3 and a 1x1x1 conv) at 1/16 resolution. As in FCN-8s,
     1x1x1 score convs read the 1/16, 1/8 and 1/4 feature maps; the coarse score map is
     up-sampled and added to the next finer one, and the fused 1/4 score map is up-sampled to

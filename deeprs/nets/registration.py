@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeprs.nets.blocks import Conv3d, scale_channels
+from deeprs.nets.blocks import Conv3d, he_init_, scale_channels
 
 ENCODER_LENGTH = 4
+LEAKY_SLOPE = 0.2
 DECODER_LENGTH = 7
 
 
@@ -20,7 +21,7 @@ class _ConvLeaky(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__(
             Conv3d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1),
-            nn.LeakyReLU(0.2, inplace=True),
+            nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
         )
 
 
@@ -32,7 +33,8 @@ class VoxelMorph2(nn.Module):
     feature of that scale, two convolutions at half resolution, up-sampling and
     concatenation with the input, two more convolutions at full resolution, then a
     3-channel flow convolution drawn from N(0, 1e-5) with zero bias so that the network
-    starts near the identity. No integration: the displacement is not diffeomorphic.
+    starts near the identity; the other convolutions are He-initialised (see
+    :func:`deeprs.nets.blocks.he_init_`). No integration: the displacement is not diffeomorphic.
     Up-sampling goes to the exact size of the skip feature, so any input size works.
     """
 
@@ -70,6 +72,7 @@ class VoxelMorph2(nn.Module):
         self.half_res = nn.Sequential(_ConvLeaky(channels, dec[3]), _ConvLeaky(dec[3], dec[4]))
         channels = dec[4] + skip_channels[0]
         self.full_res = nn.Sequential(_ConvLeaky(channels, dec[5]), _ConvLeaky(dec[5], dec[6]))
+        he_init_(self, LEAKY_SLOPE)
         self.flow = Conv3d(dec[6], 3, kernel_size=3, padding=1)
         nn.init.normal_(self.flow.weight, mean=0.0, std=1e-5)
         nn.init.zeros_(self.flow.bias)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from deeprs import perf
 from deeprs.data.cases import Manifest, Split
-from deeprs.device import autocast, set_threads
+from deeprs.device import set_threads
 from deeprs.errors import DeeprsError
 from deeprs.methods import MethodSpec
 from deeprs.nets import build_network
@@ -166,16 +166,12 @@ def build_networks(
 def active_updates(method: MethodSpec, iteration: int, iterations: int) -> tuple[bool, bool]:
     """Whether R (with D) and S are updated at ``iteration``.
 
-    Methods with a pre-training fraction (DeepAtlas) first train S alone, then alternate
-    phases of R (S frozen) and S (R frozen); all other methods update everything.
+    Methods with a pre-training fraction (DeepAtlas) first train S alone; after that, and
+    for every other method, each iteration updates R (S frozen), then D, then S (R frozen).
     """
     if iteration < pretraining_iterations(method, iterations):
         return False, True
-    if method.alternating_phase_fraction <= 0:
-        return method.registration, method.segmentation
-    phase_length = max(1, round(method.alternating_phase_fraction * iterations))
-    phase = (iteration - pretraining_iterations(method, iterations)) // phase_length
-    return phase % 2 == 0, phase % 2 == 1
+    return method.registration, method.segmentation
 
 
 def pretraining_iterations(method: MethodSpec, iterations: int) -> int:
@@ -273,13 +269,7 @@ class _Run:
             row.update(values)
             if self.method.discriminator:
                 row.update(discriminator_step(self.context, self.networks, pair, warped))
-        pretraining = iteration < pretraining_iterations(self.method, self.settings.iterations)
         if update_segmentation and self.method.segmentation:
-            if displacement is None and not pretraining:
-                registration = self.networks.registration
-                assert registration is not None
-                with torch.no_grad(), autocast(self.device, self.settings.cpu_bf16):
-                    displacement = registration(pair.moving, pair.fixed).float()
             row.update(segmentation_step(self.context, self.networks, pair, displacement))
         return row
 
