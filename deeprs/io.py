@@ -49,6 +49,23 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         temporary_path.unlink(missing_ok=True)
 
 
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporaries that :func:`atomic_path` left beside ``path`` when killed.
+
+    A SIGKILL during a write skips the cleanup, leaving a hidden file as large as the output
+    (a checkpoint). Call it only where no other process writes ``path`` at the same time:
+    the Snakemake job that owns the output.
+    """
+    target = Path(path)
+    if not target.parent.is_dir():
+        return []
+    pattern = f".{target.name}.*.tmp{_suffixes(target)}"
+    stale = sorted(target.parent.glob(pattern))
+    for leftover in stale:
+        leftover.unlink(missing_ok=True)
+    return stale
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(text)

@@ -157,7 +157,7 @@ def test_job_killed_while_writing_leaves_no_final_named_file(
 ) -> None:
     """Killed halfway through writing the 2nd checkpoint or the model: the half-written file
     stays under its hidden temporary name, the previous checkpoint is intact, and a rerun
-    finishes with the weights of an uninterrupted run."""
+    removes the leftover and finishes with the weights of an uninterrupted run."""
     out_dir = tmp_path / "run"
     prelude = STALL_WRITE.format(target=target, nth=nth)
     job = start(train_arguments(cohort, out_dir), tmp_path / "first.log", prelude)
@@ -172,6 +172,7 @@ def test_job_killed_while_writing_leaves_no_final_named_file(
 
     assert main(train_arguments(cohort, out_dir)) == 0
     assert_finished(out_dir, uninterrupted)
+    assert not partial.exists()
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(

@@ -25,6 +25,7 @@ from deeprs import perf
 from deeprs.data.cases import Manifest, Split
 from deeprs.device import set_threads
 from deeprs.errors import DeeprsError
+from deeprs.io import remove_stale_temporaries
 from deeprs.methods import MethodSpec
 from deeprs.nets import build_network
 from deeprs.train import checkpoint as ckpt
@@ -343,6 +344,9 @@ def train(
     set_threads(settings.threads)
     run = _Run(method, manifest, split, settings, device)
     checkpoint_path = out_dir / CHECKPOINT_FILE
+    for path in (checkpoint_path, out_dir / MODEL_FILE):
+        for leftover in remove_stale_temporaries(path):
+            LOG.info("removed %s, left by an interrupted write", leftover)
     state = ckpt.read_payload(checkpoint_path, "checkpoint") if checkpoint_path.exists() else None
     start = (
         run.restore(state) if state is not None and _resumable(state, run, checkpoint_path) else 0
