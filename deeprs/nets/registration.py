@@ -34,7 +34,8 @@ class VoxelMorph2(nn.Module):
     concatenation with the input, two more convolutions at full resolution, then a
     3-channel flow convolution drawn from N(0, 1e-5) with zero bias so that the network
     starts near the identity; the other convolutions are He-initialised (see
-    :func:`deeprs.nets.blocks.he_init_`). No integration: the displacement is not diffeomorphic.
+    :func:`deeprs.nets.blocks.he_init_`). No integration: the displacement is not
+    diffeomorphic.
     Up-sampling goes to the exact size of the skip feature, so any input size works.
     """
 

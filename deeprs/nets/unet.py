@@ -13,10 +13,9 @@ from deeprs.nets.blocks import Conv3d, ConvTranspose3d, DoubleConv, check_divisi
 class UNet3D(nn.Module):
     """Image -> per-voxel logits.
 
-    Each level is two 3x3x3 conv + norm + PReLU (instance norm by default, see
-    :func:`deeprs.nets.blocks.norm_layer`, and :class:`deeprs.nets.blocks.ConvNormAct`); max-pooling goes down, a
-    2x2x2 transposed convolution goes up and its output is concatenated with the encoder
-    feature of the same level. ``features`` lists the channels per level (the last one is
+    Each level is two 3x3x3 conv + norm + PReLU (:class:`deeprs.nets.blocks.ConvNormAct`;
+    instance norm by default); max-pooling goes down, a 2x2x2 transposed convolution goes
+    up and its output is concatenated with the encoder feature of the same level. ``features`` lists the channels per level (the last one is
     the bottleneck), so inputs must be divisible by ``2 ** (len(features) - 1)``.
     """
 
