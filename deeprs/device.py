@@ -6,6 +6,7 @@ same code runs on a laptop CPU, an Apple GPU and a CUDA workstation.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 from collections.abc import Iterator
 
@@ -55,6 +56,16 @@ def autocast(device: torch.device, cpu_bf16: bool = False) -> Iterator[None]:
             yield
     else:
         yield
+
+
+def add_cpu_bf16_argument(parser: argparse.ArgumentParser) -> None:
+    """``--cpu-bf16/--no-cpu-bf16``, the config's ``train.cpu_bf16``, for train and evaluate."""
+    parser.add_argument(
+        "--cpu-bf16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bf16 autocast of the networks on the CPU too (config train.cpu_bf16)",
+    )
 
 
 def set_threads(threads: int) -> None:

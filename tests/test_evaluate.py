@@ -14,7 +14,8 @@ from torch import nn
 
 from deeprs.cli import main
 from deeprs.data.cases import Split, load_manifest, load_split
-from deeprs.evaluate.cli import COLUMNS, evaluate_split, load_test_volumes
+from deeprs.evaluate import METRICS_COLUMNS
+from deeprs.evaluate.cli import evaluate_split, load_test_volumes
 from deeprs.evaluate.metrics import hd95
 from deeprs.methods import get_method
 from deeprs.nets import UNet3D, VoxelMorph2
@@ -102,7 +103,7 @@ def test_affine_scores_the_aligned_labels(cohort: tuple[Path, Path], tmp_path: P
     out = tmp_path / "affine" / "metrics.csv"
     assert evaluate(cohort, out, "affine") == 0
     table = pd.read_csv(out)
-    assert tuple(table.columns) == COLUMNS
+    assert tuple(table.columns) == METRICS_COLUMNS
     assert len(table) == 6 * len(LABELS)  # 3 x 2 ordered pairs, one row per structure
     assert set(table["task"]) == {"registration"}
     assert set(table["method"]) == {"affine"} and set(table["fold"]) == {2}

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,34 @@ def environment() -> dict[str, str]:
 
 def run(command: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, env=environment(), check=False)
+
+
+def start_snakemake_until(
+    workdir: Path,
+    configfile: Path,
+    target: str,
+    log_path: Path,
+    ready: Callable[[], bool],
+    deadline: float,
+) -> subprocess.Popen:
+    """Start Snakemake on ``target`` in a session of its own; return once ``ready()`` holds.
+
+    The caller kills it there. Fails if Snakemake ends first or the ``time.monotonic()``
+    ``deadline`` passes.
+    """
+    with open(log_path, "w") as log:
+        job = subprocess.Popen(
+            snakemake(workdir, configfile, target),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment(),
+            start_new_session=True,
+        )
+    while not ready():
+        assert job.poll() is None, log_path.read_text()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return job
 
 
 @pytest.fixture(scope="module")
@@ -144,19 +173,10 @@ def test_training_killed_under_snakemake_resumes_from_its_checkpoint(
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))
     target = "results/deeprs/fold_0/model.pt"
     checkpoint = workdir / "results" / "deeprs" / "fold_0" / "checkpoint.pt"
-    with open(tmp_path / "killed.log", "w") as log:
-        job = subprocess.Popen(
-            snakemake(workdir, configfile, target),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=environment(),
-            start_new_session=True,
-        )
     deadline = time.monotonic() + 300
-    while not checkpoint.exists():
-        assert job.poll() is None, (tmp_path / "killed.log").read_text()[-2000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    job = start_snakemake_until(
+        workdir, configfile, target, tmp_path / "killed.log", checkpoint.exists, deadline
+    )
     os.killpg(job.pid, signal.SIGKILL)
     job.wait(timeout=60)
     saved_at = torch.load(checkpoint, weights_only=True)["iteration"]
@@ -183,19 +203,15 @@ def test_snakemake_killed_mid_job_is_redone_with_rerun_incomplete(tmp_path: Path
     relative_target = "results/data/phantom/mosaic.png"
     target = workdir / relative_target
     first_files = target.parent / "ct_train"
-    with open(tmp_path / "killed.log", "w") as log:
-        job = subprocess.Popen(
-            snakemake(workdir, configfile, relative_target),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=environment(),
-            start_new_session=True,
-        )
     deadline = time.monotonic() + 300
-    while not (first_files.is_dir() and any(first_files.glob("*.nii.gz"))):
-        assert job.poll() is None, (tmp_path / "killed.log").read_text()[-2000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    job = start_snakemake_until(
+        workdir,
+        configfile,
+        relative_target,
+        tmp_path / "killed.log",
+        lambda: first_files.is_dir() and any(first_files.glob("*.nii.gz")),
+        deadline,
+    )
     job.kill()
     job.wait(timeout=60)
     while not target.exists():  # the orphaned job finishes its outputs

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from deeprs.data.cases import Manifest, Split, load_manifest, load_split
-from deeprs.device import autocast, select_device, set_threads
+from deeprs.device import add_cpu_bf16_argument, autocast, select_device, set_threads
 from deeprs.errors import DataError, DeeprsError
 from deeprs.evaluate import METRICS_COLUMNS
 from deeprs.evaluate.metrics import (
@@ -40,8 +40,6 @@ from deeprs.train.checkpoint import load_model_info, load_models
 from deeprs.train.sampling import crop_to_shape, pad_to_multiple
 
 log = logging.getLogger(__name__)
-
-COLUMNS = METRICS_COLUMNS
 
 
 @dataclass
@@ -194,7 +192,7 @@ def evaluate_split(
     batch_size: int = 8,
     cpu_bf16: bool = False,
 ) -> pd.DataFrame:
-    """Every metric row of ``spec`` on ``split``'s test cases, columns as :data:`COLUMNS`.
+    """Every metric row of ``spec`` on ``split``'s test cases, columns as :data:`deeprs.evaluate.METRICS_COLUMNS`.
 
     The networks run under the same autocast as in training (``cpu_bf16``, always on CUDA).
     """
@@ -220,7 +218,7 @@ def evaluate_split(
         if spec.segmentation:
             segmentation = models["segmentation"]
             rows += segmentation_rows(volumes, split.test, labels, spacing, segmentation)
-    table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("method", "fold")])
+    table = pd.DataFrame(rows, columns=[c for c in METRICS_COLUMNS if c not in ("method", "fold")])
     table.insert(0, "fold", fold_label(split))
     table.insert(0, "method", spec.name)
     return table
@@ -264,12 +262,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=8, help="registration pairs per network pass"
     )
-    parser.add_argument(
-        "--cpu-bf16",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="bf16 autocast of the networks on the CPU too (config train.cpu_bf16)",
-    )
+    add_cpu_bf16_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,8 +15,9 @@ class UNet3D(nn.Module):
 
     Each level is two 3x3x3 conv + norm + PReLU (:class:`deeprs.nets.blocks.ConvNormAct`;
     instance norm by default); max-pooling goes down, a 2x2x2 transposed convolution goes
-    up and its output is concatenated with the encoder feature of the same level. ``features`` lists the channels per level (the last one is
-    the bottleneck), so inputs must be divisible by ``2 ** (len(features) - 1)``.
+    up and its output is concatenated with the encoder feature of the same level.
+    ``features`` lists the channels per level (the last one is the bottleneck), so inputs
+    must be divisible by ``2 ** (len(features) - 1)``.
     """
 
     def __init__(

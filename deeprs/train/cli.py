@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from deeprs.data.cases import load_manifest, load_split
-from deeprs.device import DEVICE_CHOICES, select_device
+from deeprs.device import DEVICE_CHOICES, add_cpu_bf16_argument, select_device
 from deeprs.errors import ConfigError
 from deeprs.methods import METHODS, get_method
 from deeprs.train.trainer import DEFAULT_WEIGHTS, TrainSettings, train
@@ -47,12 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
-    parser.add_argument(
-        "--cpu-bf16",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="bf16 autocast of the networks on the CPU too (config train.cpu_bf16)",
-    )
+    add_cpu_bf16_argument(parser)
 
 
 def parse_weights(text: str) -> dict[str, float]:

@@ -54,6 +54,11 @@ def split_names():
     return fold_names() + label_split_names()
 
 
+def cpu_bf16_flag():
+    """The `deeprs train` / `deeprs evaluate` option for config train.cpu_bf16."""
+    return "--cpu-bf16" if config["train"]["cpu_bf16"] else "--no-cpu-bf16"
+
+
 def method_of_run(run):
     """`deeprs` for the run `deeprs`, `unet3d` for the run `label_amount/unet3d`."""
     return run.split("/")[-1]

@@ -14,7 +14,7 @@ rule evaluate:
         method=lambda wildcards: method_of_run(wildcards.run),
         model=lambda wildcards, input: f"--model '{input.model}'" if "model" in input.keys() else "",
         device=config["train"]["device"],
-        precision="--cpu-bf16" if config["train"]["cpu_bf16"] else "--no-cpu-bf16",
+        precision=cpu_bf16_flag(),
     threads: config["train"]["threads"]
     resources:
         # Trained methods run their networks on the training device (training_gpus in

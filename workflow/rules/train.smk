@@ -44,7 +44,7 @@ rule train:
         checkpoint_every=config["train"]["checkpoint_every"],
         seed=config["seed"],
         device=config["train"]["device"],
-        precision="--cpu-bf16" if config["train"]["cpu_bf16"] else "--no-cpu-bf16",
+        precision=cpu_bf16_flag(),
     threads: config["train"]["threads"]
     resources:
         gpu=training_gpus(),
