@@ -22,8 +22,8 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from deeprs.io import atomic_path  # noqa: E402
+from deeprs.palette import structure_colours  # noqa: E402
 
-STRUCTURE_COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#42d4f4"]
 WINDOW_HU = (-400.0, 700.0)
 
 
@@ -39,7 +39,8 @@ def write_mosaic(
 ) -> None:
     """Write one row per ``(case id, image file, label file)`` with ``labels`` (name -> value) overlaid."""
     names = list(labels)
-    colours = ListedColormap(STRUCTURE_COLOURS[: len(names)])
+    palette = structure_colours(names)
+    colours = ListedColormap(palette)
     figure, axes = plt.subplots(
         len(cases), 4, figsize=(14.0, 3.8 * len(cases) + 0.6), squeeze=False
     )
@@ -78,8 +79,7 @@ def write_mosaic(
             axis.set_yticks([])
             axis.set_title(f"{case_id} {view}", fontsize=9)
     handles = [
-        Patch(color=STRUCTURE_COLOURS[i], label=f"{name} ({labels[name]})")
-        for i, name in enumerate(names)
+        Patch(color=palette[i], label=f"{name} ({labels[name]})") for i, name in enumerate(names)
     ]
     figure.legend(handles=handles, loc="lower center", ncol=len(names), fontsize=8, frameon=False)
     figure.suptitle(

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from deeprs.io import atomic_path  # noqa: E402
+from deeprs.palette import structure_colours  # noqa: E402
 
 
 def mean_dice(first: np.ndarray, second: np.ndarray, n_classes: int) -> float:
@@ -66,7 +67,7 @@ def write_mosaic(
     figure, axes = plt.subplots(
         rows, columns, figsize=(1.6 * columns, 1.75 * rows + 0.4), squeeze=False
     )
-    colours = plt.get_cmap("tab10")
+    colours = structure_colours(list(structure_names))
     for axis in axes.ravel():
         axis.axis("off")
     for axis, case in zip(axes.ravel(), ids, strict=False):
@@ -81,14 +82,13 @@ def write_mosaic(
                     axis.contour(
                         mask,
                         levels=[0.5],
-                        colors=[colours((cls - 1) % 10)],
+                        colors=[colours[cls - 1]],
                         linewidths=0.6,
                     )
         title = f"{case}{' (ref)' if case == reference else ''}"
         axis.set_title(title, fontsize=5)
     handles = [
-        plt.Line2D([], [], color=colours(i % 10), label=name)
-        for i, name in enumerate(structure_names)
+        plt.Line2D([], [], color=colours[i], label=name) for i, name in enumerate(structure_names)
     ]
     figure.legend(
         handles=handles, loc="lower center", ncol=len(structure_names), fontsize=6, frameon=False

@@ -21,8 +21,9 @@ import seaborn as sns  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 
 from deeprs.io import atomic_path  # noqa: E402
+from deeprs.palette import method_colour  # noqa: E402
 from deeprs.report.collect import sample_scores  # noqa: E402
-from deeprs.report.paper import REFERENCE_METHOD, does_task, method_colour  # noqa: E402
+from deeprs.report.paper import REFERENCE_METHOD, does_task  # noqa: E402
 
 MEAN_GROUP = "Mean"
 

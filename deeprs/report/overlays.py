@@ -35,7 +35,8 @@ from deeprs.errors import DataError, DeeprsError  # noqa: E402
 from deeprs.io import atomic_path  # noqa: E402
 from deeprs.methods import get_method  # noqa: E402
 from deeprs.nets.spatial import warp  # noqa: E402
-from deeprs.report.paper import method_title, structure_colour, structure_title  # noqa: E402
+from deeprs.palette import structure_colour, structure_title  # noqa: E402
+from deeprs.report.paper import method_title  # noqa: E402
 from deeprs.train.checkpoint import load_models  # noqa: E402
 from deeprs.train.sampling import crop_to_shape, pad_to_multiple  # noqa: E402
 

@@ -62,50 +62,6 @@ TABLE2: dict[str, PaperRow] = {
 """Table 2 of the paper. Its "S" row is the 3D U-Net of Table 1 (``unet3d``); the name
 ``ablation_s`` is accepted for configs that list it separately."""
 
-METHOD_COLOURS: dict[str, str] = {
-    "affine": "#9e9e9e",
-    "voxelmorph2": "#1f77b4",
-    "advreg": "#17becf",
-    "unet3d": "#2ca02c",
-    "unet3d_aug": "#98df8a",
-    "fcn3d": "#bcbd22",
-    "vnet": "#8c564b",
-    "deepatlas": "#9467bd",
-    "hybridcnn": "#ff7f0e",
-    "deeprs": "#d62728",
-    "ablation_r": "#aec7e8",
-    "ablation_s": "#2ca02c",
-    "ablation_rs": "#c5b0d5",
-    "ablation_rs_dss": "#f7b6d2",
-    "ablation_rs_acm": "#c49c94",
-    "ablation_rs_drc": "#dbdb8d",
-}
-"""One fixed colour per method, the same in every figure; DeepRS is red as in Fig. 5."""
-
-FALLBACK_COLOURS = ("#7f7f7f", "#e377c2", "#393b79", "#637939", "#8c6d31", "#843c39")
-
-STRUCTURE_COLOURS: dict[str, str] = {
-    "myo": "#ff69b4",
-    "la": "#1f4fff",
-    "lv": "#00c000",
-    "ra": "#ffd700",
-    "rv": "#a020f0",
-    "aa": "#ff2020",
-    "pa": "#ff8c00",
-}
-"""Contour colours of Figs. 6 and 7 (Myo pink, LA blue, LV green, RA yellow, RV purple,
-aorta red); the paper shows no pulmonary artery, which gets orange."""
-
-STRUCTURE_TITLES: dict[str, str] = {
-    "myo": "Myo",
-    "la": "LA",
-    "lv": "LV",
-    "ra": "RA",
-    "rv": "RV",
-    "aa": "AA",
-    "pa": "PA",
-}
-
 
 def method_title(name: str) -> str:
     """The method's name as printed in the paper's Table 1 (the registry's title if known)."""
@@ -129,25 +85,3 @@ def does_task(name: str, task: str) -> bool:
     or ``segmentation``); methods the paper does not list are assumed to do both."""
     row = TABLE1.get(name) or TABLE2.get(name)
     return row is None or getattr(row, task) is not None
-
-
-def method_colour(name: str, order: list[str]) -> str:
-    """The fixed colour of a method; names the table does not know get a stable fallback."""
-    if name in METHOD_COLOURS:
-        return METHOD_COLOURS[name]
-    unknown = [method for method in order if method not in METHOD_COLOURS]
-    index = unknown.index(name) if name in unknown else 0
-    return FALLBACK_COLOURS[index % len(FALLBACK_COLOURS)]
-
-
-def structure_colour(name: str, order: list[str]) -> str:
-    """Contour colour of a structure; names outside MM-WHS get tab10 colours by position."""
-    if name in STRUCTURE_COLOURS:
-        return STRUCTURE_COLOURS[name]
-    from matplotlib import colormaps, colors
-
-    return colors.to_hex(colormaps["tab10"](order.index(name) % 10))
-
-
-def structure_title(name: str) -> str:
-    return STRUCTURE_TITLES.get(name, name)
