@@ -466,7 +466,7 @@ def test_snakemake_report_rule_and_html_report(tmp_path: Path, repo_root: Path) 
     from deeprs.report.paper import TABLE1, TABLE2
 
     config = load_config(repo_root / "config" / "smoke.yaml")
-    results = tmp_path / "results"
+    results = tmp_path / config["results"]
     structures = list(config["data"]["labels"])
     for index, method in enumerate(dict.fromkeys(config["methods"] + config["ablation"])):
         row = TABLE1.get(method) or TABLE2[method]
@@ -501,13 +501,13 @@ def test_snakemake_report_rule_and_html_report(tmp_path: Path, repo_root: Path) 
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
     run = subprocess.run(
-        [*command, "results/report/table1.csv"], capture_output=True, text=True, env=environment
+        [*command, f"{config['results']}/report/table1.csv"], capture_output=True, text=True, env=environment
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert pd.read_csv(results / "report" / "table1.csv")["status"].eq("ok").all()
     html = tmp_path / "report.html"
     run = subprocess.run(
-        [*command, "--report", str(html), "results/report/table1.csv"],
+        [*command, "--report", str(html), f"{config['results']}/report/table1.csv"],
         capture_output=True,
         text=True,
         env=environment,

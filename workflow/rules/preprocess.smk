@@ -23,7 +23,9 @@ rule preprocess:
         data=config["data"],
         labels=" ".join(f"{name}={value}" for name, value in config["data"]["labels"].items()),
         settings=config["preprocess"],
-    threads: min(4, workflow.cores)
+    # Snakemake lowers it to --cores when fewer are given; a fixed number (not one derived
+    # from workflow.cores) lets --report, --unlock and --lint run without --cores.
+    threads: 4
     log:
         main=f"{LOGS}/preprocess.log",
         elastix=f"{LOGS}/preprocess_elastix.log",
