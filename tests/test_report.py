@@ -495,19 +495,18 @@ def test_snakemake_report_rule_and_html_report(tmp_path: Path, repo_root: Path) 
         str(tmp_path),
     ]
     command += ["--allowed-rules", "report", "--cores", "1"]
+    target = f"{config['results']}/report/table1.csv"
     # The rule calls `deeprs`: put this interpreter's scripts folder first on the PATH.
     environment = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
-    run = subprocess.run(
-        [*command, f"{config['results']}/report/table1.csv"], capture_output=True, text=True, env=environment
-    )
+    run = subprocess.run([*command, target], capture_output=True, text=True, env=environment)
     assert run.returncode == 0, run.stderr[-2000:]
     assert pd.read_csv(results / "report" / "table1.csv")["status"].eq("ok").all()
     html = tmp_path / "report.html"
     run = subprocess.run(
-        [*command, "--report", str(html), f"{config['results']}/report/table1.csv"],
+        [*command, "--report", str(html), target],
         capture_output=True,
         text=True,
         env=environment,

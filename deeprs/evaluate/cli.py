@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from deeprs.data.cases import Manifest, Split, load_manifest, load_split
 from deeprs.device import add_cpu_bf16_argument, autocast, select_device, set_threads
@@ -36,6 +35,7 @@ from deeprs.evaluate.metrics import (
 from deeprs.io import atomic_path
 from deeprs.methods import MethodSpec, get_method
 from deeprs.nets.spatial import warp
+from deeprs.progress import Progress
 from deeprs.train.checkpoint import load_model_info, load_models
 from deeprs.train.sampling import crop_to_shape, pad_to_multiple
 
@@ -118,7 +118,7 @@ def registration_rows(
 ) -> Iterator[dict[str, object]]:
     """Metric rows of each pair; ``network`` None means the zero displacement (affine only)."""
     fixed_maps: tuple[str, dict[str, np.ndarray | None]] | None = None
-    progress = tqdm(total=len(pairs), desc="registration pairs", mininterval=5.0)
+    progress = Progress(len(pairs), "evaluate registration pairs", unit="pair")
     for start in range(0, len(pairs), batch_size):
         batch = pairs[start : start + batch_size]
         displacements, warped = predict_displacements(volumes, batch, network)
@@ -153,7 +153,8 @@ def segmentation_rows(
     network: nn.Module,
 ) -> Iterator[dict[str, object]]:
     """Metric rows of S's argmax on each test case against its label."""
-    for case in tqdm(cases, desc="segmentation cases", mininterval=5.0):
+    progress = Progress(len(cases), "evaluate segmentation cases", unit="case")
+    for case in cases:
         logits = network(volumes.images[case])
         predicted = _to_numpy(crop_to_shape(logits.argmax(dim=1), volumes.shape)[0]).astype(
             np.uint8
@@ -170,6 +171,8 @@ def segmentation_rows(
                 "hd95_mm": distances[structure],
                 "nonpositive_jacobian_pct": float("nan"),
             }
+        progress.update()
+    progress.close()
 
 
 def fold_label(split: Split) -> str:

@@ -49,6 +49,7 @@ from deeprs.preprocess.resample import (
     resample_onto,
     scale_intensities,
 )
+from deeprs.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -429,10 +430,13 @@ def preprocess_cohort(
     registrar = registrar or AffineRegistrar(threads=threads)
     reference = build_reference(reference_files, cohort, settings, registrar, elastix_log)
     outputs, entries = [], []
+    progress = Progress(len(cohort), "preprocess", unit="case")
     for files in cohort:
         output = process_case(files, reference, settings, registrar, elastix_log)
         entries.append(_write_case_files(out, output, reference.grid))
         outputs.append(output)
+        progress.update()
+    progress.close()
     n_classes = len(settings.labels)
     qc = _qc_table(outputs, n_classes, reference.case.id)
     write_text(out / "qc.csv", qc)
