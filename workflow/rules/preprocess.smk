@@ -19,7 +19,7 @@ rule preprocess:
         boxes=f"{RESULTS}/preprocessed/crop_boxes.json",
         mosaic=f"{RESULTS}/preprocessed/mosaic.png",
     params:
-        out=f"{RESULTS}/preprocessed",
+        out=lambda wildcards, output: Path(output.manifest).parent,
         data=config["data"],
         labels=" ".join(f"{name}={value}" for name, value in config["data"]["labels"].items()),
         settings=config["preprocess"],
@@ -29,6 +29,8 @@ rule preprocess:
     log:
         main=f"{LOGS}/preprocess.log",
         elastix=f"{LOGS}/preprocess_elastix.log",
+    conda:
+        "../envs/deeprs.yaml"
     shell:
         "deeprs preprocess --out {params.out:q} --threads {threads}"
         " --data-dir {params.data[dir]:q} --layout {params.data[layout]}"

@@ -64,7 +64,8 @@ rule report:
         label_amount_csv=report(f"{REPORT_DIR}/label_amount.csv", caption="../report/label_amount.rst", category="Tables"),
         per_fold=report(f"{REPORT_DIR}/per_fold.csv", caption="../report/per_fold.rst", category="Tables"),
     params:
-        results=RESULTS,
+        # The results folder holds the report folder.
+        results=lambda wildcards, output: Path(output.per_fold).parents[1],
         out=lambda wildcards, output: Path(output.per_fold).parent,
         methods=" ".join(config["methods"]),
         ablation=" ".join(config["ablation"]),
@@ -75,6 +76,8 @@ rule report:
         repeats=config["folds"]["label_amount_repeats"],
     log:
         f"{LOGS}/report.log",
+    conda:
+        "../envs/deeprs.yaml"
     shell:
         "deeprs report --results {params.results:q} --out {params.out:q}"
         " --methods {params.methods} --ablation {params.ablation} --folds {params.folds}"
@@ -96,13 +99,15 @@ rule overlays:
             f"{REPORT_DIR}/overlays_segmentation.png", caption="../report/overlays_segmentation.rst", category="Figures"
         ),
     params:
-        results=RESULTS,
+        results=lambda wildcards, output: Path(output.registration).parents[1],
         out=lambda wildcards, output: Path(output.registration).parent,
         methods=" ".join(config["methods"]),
         device=config["train"]["device"],
     threads: config["train"]["threads"]
     log:
         f"{LOGS}/overlays.log",
+    conda:
+        "../envs/deeprs.yaml"
     shell:
         "python -m deeprs.report.overlays --manifest {input.manifest:q} --split {input.split:q}"
         " --results {params.results:q} --methods {params.methods} --out-dir {params.out:q}"
