@@ -23,6 +23,23 @@ def report_label_amount_metrics():
     ]
 
 
+def trained_methods():
+    """Table 1 and Table 2 methods that train, so have losses.csv and a learning curve."""
+    return [method for method in dict.fromkeys(config["methods"] + config["ablation"]) if get_method(method).trains]
+
+
+def report_losses():
+    """losses.csv of every trained method on every fold (the learning curves)."""
+    return [f"{RESULTS}/{method}/{fold}/losses.csv" for method in trained_methods() for fold in fold_names()]
+
+
+def learning_curve_outputs():
+    """learning_curves_{method}.png of every trained method, for the report's category."""
+    files = [f"{REPORT_DIR}/learning_curves_{method}.png" for method in trained_methods()]
+    caption = "../report/learning_curves.rst"
+    return [report(path, caption=caption, category="Learning curves") for path in files]
+
+
 def overlay_models():
     """model.pt on the overlay split of every Table 1 method that trains."""
     return [
@@ -38,15 +55,21 @@ def report_targets():
     figures = [f"{REPORT_DIR}/boxplot_{task}.{suffix}" for task in ("registration", "segmentation") for suffix in ("svg", "png")]
     overlays = [f"{REPORT_DIR}/overlays_{task}.png" for task in ("registration", "segmentation")]
     other = [f"{REPORT_DIR}/label_amount.csv", f"{REPORT_DIR}/label_amount.png", f"{REPORT_DIR}/per_fold.csv"]
+    other += [f"{REPORT_DIR}/qc.html"] + [f"{REPORT_DIR}/learning_curves_{method}.png" for method in trained_methods()]
     return tables + figures + other + overlays
 
 
 rule report:
-    """Tables 1-2, box plots (Fig. 5), label-amount curve (Fig. 8) and per-fold Dice from the metrics."""
+    """Tables 1-2, box plots (Fig. 5), label-amount curve (Fig. 8), per-fold Dice, learning curves, QC page."""
     input:
         fold_metrics=report_fold_metrics(),
         label_amount_metrics=report_label_amount_metrics(),
+        losses=report_losses(),
+        qc=f"{RESULTS}/preprocessed/qc.csv",
+        mosaic=f"{RESULTS}/preprocessed/mosaic.png",
     output:
+        learning_curves=learning_curve_outputs(),
+        qc=report(f"{REPORT_DIR}/qc.html", caption="../report/qc.rst", category="Preprocessing QC"),
         table1_html=report(f"{REPORT_DIR}/table1.html", caption="../report/table1.rst", category="Tables"),
         table1_csv=report(f"{REPORT_DIR}/table1.csv", caption="../report/table1.rst", category="Tables"),
         table1_other=multiext(f"{REPORT_DIR}/table1", ".md", ".tex"),
@@ -66,6 +89,7 @@ rule report:
     params:
         results=RESULTS,
         out=lambda wildcards, output: Path(output.per_fold).parent,
+        preprocessed=lambda wildcards, input: Path(input.qc).parent,
         methods=" ".join(config["methods"]),
         ablation=" ".join(config["ablation"]),
         folds=" ".join(str(k) for k in range(config["folds"]["n_folds"])),
@@ -76,7 +100,8 @@ rule report:
     log:
         f"{LOGS}/report.log",
     shell:
-        "deeprs report --results {params.results:q} --out {params.out:q}"
+        "deeprs report --results {params.results:q} --out {params.out:q} --replace-study-report"
+        " --preprocessed {params.preprocessed:q}"
         " --methods {params.methods} --ablation {params.ablation} --folds {params.folds}"
         " --structures {params.structures} --label-amount-methods {params.label_amount_methods}"
         " --label-amounts {params.label_amounts} --repeats {params.repeats} > {log:q} 2>&1"
