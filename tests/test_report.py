@@ -753,6 +753,7 @@ def test_snakemake_report_rule_and_html_report(tmp_path: Path, repo_root: Path) 
     import sys
 
     from deeprs.config import load_config
+    from deeprs.methods import get_method
     from deeprs.report.paper import TABLE1, TABLE2
 
     config = load_config(repo_root / "config" / "smoke.yaml")
@@ -777,6 +778,12 @@ def test_snakemake_report_rule_and_html_report(tmp_path: Path, repo_root: Path) 
                 path = label_amount_metrics_path(results, method, n_labels, repeat)
                 path.parent.mkdir(parents=True)
                 rows.to_csv(path, index=False)
+    for method in dict.fromkeys(config["methods"] + config["ablation"]):
+        if get_method(method).trains:
+            for fold in range(config["folds"]["n_folds"]):
+                path = results / method / f"fold_{fold}" / "losses.csv"
+                write_losses(path, "deeprs", seed=fold)
+    write_preprocessed_qc(results / "preprocessed")
     command = [sys.executable, "-m", "snakemake", "-s", str(repo_root / "Snakefile")]
     command += [
         "--configfile",
@@ -805,3 +812,6 @@ def test_snakemake_report_rule_and_html_report(tmp_path: Path, repo_root: Path) 
     assert run.returncode == 0, run.stderr[-2000:]
     text = html.read_text()
     assert "DeepRS against the baselines" in text and "Fig. 8" in text
+    assert "ECCV 2020" in text and "MICCAI" not in text
+    assert "Study configuration" in text and "learning_curves_deeprs.png" in text
+    assert (results / "report" / "qc.html").is_file()

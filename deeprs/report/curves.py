@@ -93,7 +93,7 @@ def learning_curve_figure(
                 smooth.index,
                 smooth.to_numpy(),
                 color=colour,
-                alpha=0.5,
+                alpha=0.7,
                 linewidth=1.0,
                 linestyle=FOLD_STYLES[index % len(FOLD_STYLES)],
                 label=f"fold {fold}",

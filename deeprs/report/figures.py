@@ -108,7 +108,7 @@ def boxplot_dice(
     axes.tick_params(labelsize=11)
     note = _missing_note([title(m) for m in order if m not in present and does_task(m, task)])
     if note:
-        axes.annotate(note, (0, -0.12), xycoords="axes fraction", fontsize=8, color="0.3")
+        axes.annotate(note, (0, -0.16), xycoords="axes fraction", fontsize=10, color="0.3")
     sns.despine(ax=axes)
     paths = [save_figure(figure, Path(f"{out_stem}.{suffix}")) for suffix in ("svg", "png")]
     plt.close(figure)
