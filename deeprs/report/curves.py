@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from deeprs.errors import DataError  # noqa: E402
 from deeprs.report.figures import save_figure  # noqa: E402
@@ -103,6 +104,7 @@ def learning_curve_figure(
             axis.plot(mean.index, mean.to_numpy(), color="black", linewidth=1.8, label="mean")
         axis.set_title(LOSS_TERMS.get(term, term), fontsize=10)
         axis.set_xlabel("iteration")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(axis_label(term))
         axis.grid(alpha=0.3)
     for axis in list(axes.flat)[len(terms) :]:

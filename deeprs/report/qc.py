@@ -32,6 +32,9 @@ SHOWN_COLUMNS: dict[str, str] = {
 }
 """qc.csv column -> heading; the page shows these when present, qc.csv has them all."""
 
+QC_STYLE = "img{max-width:100%;border:1px solid #ddd} th,td{white-space:normal;max-width:190px}"
+"""Wrap the long text cells, so that the table fits the report's frame."""
+
 
 def _read(path: Path) -> pd.DataFrame:
     if not path.is_file():
@@ -82,7 +85,7 @@ def write_qc_page(preprocessed: Path, out_path: Path) -> Path:
     table = qc_table(frame).to_html(index=False, border=0, escape=True)
     page = (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Preprocessing QC</title>'
-        f"<style>{TABLE_STYLE} img{{max-width:100%;border:1px solid #ddd}}</style></head><body>\n"
+        f"<style>{TABLE_STYLE} {QC_STYLE}</style></head><body>\n"
         '<h1 style="font-size:20px">Preprocessing quality control</h1>\n'
         f"<ul>{''.join(summary)}</ul>\n"
         f"<h2>Every case after preprocessing ({html.escape(mosaic.name)})</h2>\n"

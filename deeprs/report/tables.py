@@ -213,7 +213,7 @@ def _tests_table(summary: pd.DataFrame, reference: str, reference_title: str) ->
                     "Task": task,
                     "Pairs": str(int(record[f"{key}_n_pairs"])),
                     f"{reference_title} − row, Dice points": (
-                        "n/a" if math.isnan(difference) else f"{difference:+.1f}"
+                        "n/a" if math.isnan(difference) else f"{round(difference, 1) + 0.0:+.1f}"
                     ),
                     f"p ({TEST_NAME})": _p_cell(record[f"{key}_p_wilcoxon"]),
                 }
