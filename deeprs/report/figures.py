@@ -228,8 +228,11 @@ def label_amount_plot(
     if present:
         axes.set_xticks(sorted(pooled["n_labels"].unique()))
         axes.legend(title=None, frameon=False, loc="lower right", fontsize=11)
+        several = pooled["n_repeats"].max() > 1
         axes.set_title(
-            "line: mean over repeats; band: ± 1 std over repeats; hollow markers: one repeat each",
+            "line: mean over repeats; band: ± 1 std over repeats; hollow markers: one repeat each"
+            if several
+            else "one repeat per point: no spread over draws of the labelled images",
             fontsize=10,
             color="0.3",
         )
