@@ -265,6 +265,20 @@ def test_label_amount_table_pools_repeats_and_samples(report) -> None:
     assert set(table["status"]) == {"ok"}
 
 
+def test_label_amount_page_gives_mean_and_std_over_repeats(report) -> None:
+    _, out, _ = report
+    table = pd.read_csv(out / "label_amount.csv", dtype={"repeat": str})
+    point = table[
+        (table["method"] == "unet3d") & (table["n_labels"] == 1) & (table["repeat"] == "all")
+    ]
+    mean, spread = point["dice_mean_pct"].item(), point["repeat_std_pct"].item()
+    text = (out / "label_amount.html").read_text()
+    assert f"<td>{mean:.1f} ± {spread:.1f} (3)</td>" in text
+    assert text.count("<tr>") == 2 + 2 * 2 * REPEATS  # body rows: 2 methods, then every repeat
+    per_fold = (out / "per_fold.html").read_text()
+    assert "<th>fold 0</th>" in per_fold and "<td>R</td>" in per_fold
+
+
 def test_one_repeat_has_no_spread_over_repeats(tmp_path: Path) -> None:
     write_metrics_set(tmp_path)
     request = ReportRequest(
@@ -294,6 +308,8 @@ def test_every_figure_is_written_and_not_empty(report) -> None:
         "label_amount.png",
         "label_amount.csv",
         "per_fold.csv",
+        "per_fold.html",
+        "label_amount.html",
         "learning_curves_deeprs.png",
         "learning_curves_voxelmorph2.png",
         "learning_curves_unet3d.png",

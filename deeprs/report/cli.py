@@ -48,6 +48,16 @@ SAMPLE_DEFINITION = (
 TABLE1_TITLE = "Table 1: DeepRS against the baselines"
 TABLE2_TITLE = "Table 2: ablation of DeepRS"
 
+LABEL_AMOUNT_CAPTION = (
+    "Each repeat trains on another random draw of the labelled images and is tested on the "
+    "same fixed test images; its score is the mean over test images of the per-image Dice "
+    "(mean over structures). Points: mean ± std (ddof=1) over repeats."
+)
+PER_FOLD_CAPTION = (
+    "Mean ± std (ddof=1) of the per-sample Dice (mean over structures) within each fold: "
+    "how much the folds differ."
+)
+
 STUDY_REPORT = "report"
 """The study's report folder inside the results folder (Snakemake's rule ``report``)."""
 SUBSET_REPORT = "report_subset"
@@ -116,7 +126,16 @@ def write_label_amount(request: ReportRequest) -> list[Path]:
     png_path = figures.label_amount_plot(
         table, request.label_amount_methods, method_title, request.out / "label_amount.png"
     )
-    return [csv_path, png_path]
+    html_path = request.out / "label_amount.html"
+    write_text(
+        html_path,
+        tables.to_html(
+            tables.label_amount_tables(table, method_title),
+            "Label-amount study (Fig. 8)",
+            LABEL_AMOUNT_CAPTION,
+        ),
+    )
+    return [csv_path, png_path, html_path]
 
 
 def learning_curve_path(out: Path, method: str) -> Path:
@@ -162,7 +181,14 @@ def build_report(request: ReportRequest) -> list[Path]:
     per_fold_path = request.out / "per_fold.csv"
     per_fold = tables.per_fold(metrics, all_methods)
     write_text(per_fold_path, per_fold.to_csv(index=False, float_format="%.10g"))
-    written.append(per_fold_path)
+    per_fold_html = request.out / "per_fold.html"
+    write_text(
+        per_fold_html,
+        tables.to_html(
+            tables.per_fold_tables(per_fold, method_title), "Dice per fold", PER_FOLD_CAPTION
+        ),
+    )
+    written += [per_fold_path, per_fold_html]
     written += write_label_amount(request)
     written += write_learning_curves(request, all_methods)
     if request.preprocessed is not None:

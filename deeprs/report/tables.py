@@ -278,6 +278,86 @@ def display_tables(
     ]
 
 
+def label_amount_tables(table: pd.DataFrame, title: Callable[[str], str]) -> list[PrintedTable]:
+    """Fig. 8 as numbers: mean ± std over repeats per point, then every repeat."""
+    pooled = table[table["repeat"] == "all"]
+    amounts = sorted(table["n_labels"].unique())
+    rows = []
+    for method in dict.fromkeys(table["method"]):
+        row = {"Method": title(method)}
+        for n_labels in amounts:
+            point = pooled[(pooled["method"] == method) & (pooled["n_labels"] == n_labels)]
+            if point.empty:
+                row[f"{n_labels} labelled"] = "missing"
+                continue
+            record = point.iloc[0]
+            cell = _cell(record["dice_mean_pct"], record["repeat_std_pct"])
+            row[f"{n_labels} labelled"] = f"{cell} ({int(record['n_repeats'])})"
+        rows.append(row)
+    repeats = table[table["repeat"] != "all"]
+    detail = pd.DataFrame(
+        {
+            "Method": repeats["method"].map(title),
+            "Labelled": repeats["n_labels"].astype(str),
+            "Repeat": repeats["repeat"],
+            "Test images": repeats["n_samples"].astype(str),
+            "Dice %": [
+                "missing" if status != "ok" else _cell(mean, std)
+                for status, mean, std in zip(
+                    repeats["status"],
+                    repeats["dice_mean_pct"],
+                    repeats["dice_std_pct"],
+                    strict=True,
+                )
+            ],
+        }
+    )
+    return [
+        PrintedTable(
+            "points",
+            "Segmentation Dice (%) per number of labelled images: mean ± std over repeats "
+            "(number of repeats)",
+            pd.DataFrame(rows),
+        ),
+        PrintedTable(
+            "repeats", "Each repeat: mean ± std over its test images", detail.reset_index(drop=True)
+        ),
+    ]
+
+
+def per_fold_tables(
+    per_fold_table: pd.DataFrame, title: Callable[[str], str]
+) -> list[PrintedTable]:
+    """Dice (%) mean ± std within each fold, one table per task, a column per fold."""
+    printed = []
+    for task in TASKS:
+        rows = per_fold_table[per_fold_table["task"] == task]
+        folds = list(dict.fromkeys(rows["fold"].astype(str)))
+        frame = pd.DataFrame(
+            [
+                {
+                    "Method": title(method),
+                    **{
+                        f"fold {fold}": _cell(record["dice_mean_pct"], record["dice_std_pct"])
+                        for fold, record in zip(
+                            group["fold"].astype(str), group.to_dict("records"), strict=True
+                        )
+                    },
+                }
+                for method, group in rows.groupby("method", sort=False)
+            ],
+            columns=["Method", *(f"fold {fold}" for fold in folds)],
+        )
+        printed.append(
+            PrintedTable(
+                f"folds-{TASK_PREFIX[task].lower()}",
+                f"{task.capitalize()} Dice (%) per fold, mean ± std over the fold's samples",
+                frame,
+            )
+        )
+    return printed
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"

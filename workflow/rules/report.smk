@@ -54,7 +54,8 @@ def report_targets():
     tables = [f"{REPORT_DIR}/table{n}.{suffix}" for n in (1, 2) for suffix in ("csv", "md", "html", "tex")]
     figures = [f"{REPORT_DIR}/boxplot_{task}.{suffix}" for task in ("registration", "segmentation") for suffix in ("svg", "png")]
     overlays = [f"{REPORT_DIR}/overlays_{task}.png" for task in ("registration", "segmentation")]
-    other = [f"{REPORT_DIR}/label_amount.csv", f"{REPORT_DIR}/label_amount.png", f"{REPORT_DIR}/per_fold.csv"]
+    other = [f"{REPORT_DIR}/label_amount.{suffix}" for suffix in ("csv", "png", "html")]
+    other += [f"{REPORT_DIR}/per_fold.{suffix}" for suffix in ("csv", "html")]
     other += [f"{REPORT_DIR}/qc.html"] + [f"{REPORT_DIR}/learning_curves_{method}.png" for method in trained_methods()]
     return tables + figures + other + overlays
 
@@ -84,7 +85,9 @@ rule report:
         ),
         boxplot_png=multiext(f"{REPORT_DIR}/boxplot_", "registration.png", "segmentation.png"),
         label_amount_png=report(f"{REPORT_DIR}/label_amount.png", caption="../report/label_amount.rst", category="Figures"),
+        label_amount_html=report(f"{REPORT_DIR}/label_amount.html", caption="../report/label_amount.rst", category="Tables"),
         label_amount_csv=report(f"{REPORT_DIR}/label_amount.csv", caption="../report/label_amount.rst", category="Tables"),
+        per_fold_html=report(f"{REPORT_DIR}/per_fold.html", caption="../report/per_fold.rst", category="Tables"),
         per_fold=report(f"{REPORT_DIR}/per_fold.csv", caption="../report/per_fold.rst", category="Tables"),
     params:
         results=RESULTS,
