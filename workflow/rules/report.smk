@@ -37,7 +37,7 @@ def learning_curve_outputs():
     """learning_curves_{method}.png of every trained method, for the report's category."""
     files = [f"{REPORT_DIR}/learning_curves_{method}.png" for method in trained_methods()]
     caption = "../report/learning_curves.rst"
-    return [report(path, caption=caption, category="Learning curves") for path in files]
+    return [report(path, caption=caption, category="3. Learning curves") for path in files]
 
 
 def overlay_models():
@@ -70,25 +70,25 @@ rule report:
         mosaic=f"{RESULTS}/preprocessed/mosaic.png",
     output:
         learning_curves=learning_curve_outputs(),
-        qc=report(f"{REPORT_DIR}/qc.html", caption="../report/qc.rst", category="Preprocessing QC"),
-        table1_html=report(f"{REPORT_DIR}/table1.html", caption="../report/table1.rst", category="Tables"),
-        table1_csv=report(f"{REPORT_DIR}/table1.csv", caption="../report/table1.rst", category="Tables"),
+        qc=report(f"{REPORT_DIR}/qc.html", caption="../report/qc.rst", category="4. Preprocessing QC"),
+        table1_html=report(f"{REPORT_DIR}/table1.html", caption="../report/table1.rst", category="1. Tables", subcategory="1. Table 1: baselines"),
+        table1_csv=report(f"{REPORT_DIR}/table1.csv", caption="../report/table1.rst", category="1. Tables", subcategory="1. Table 1: baselines"),
         table1_other=multiext(f"{REPORT_DIR}/table1", ".md", ".tex"),
-        table2_html=report(f"{REPORT_DIR}/table2.html", caption="../report/table2.rst", category="Tables"),
-        table2_csv=report(f"{REPORT_DIR}/table2.csv", caption="../report/table2.rst", category="Tables"),
+        table2_html=report(f"{REPORT_DIR}/table2.html", caption="../report/table2.rst", category="1. Tables", subcategory="2. Table 2: ablation"),
+        table2_csv=report(f"{REPORT_DIR}/table2.csv", caption="../report/table2.rst", category="1. Tables", subcategory="2. Table 2: ablation"),
         table2_other=multiext(f"{REPORT_DIR}/table2", ".md", ".tex"),
         boxplot_registration=report(
-            f"{REPORT_DIR}/boxplot_registration.svg", caption="../report/boxplot_registration.rst", category="Figures"
+            f"{REPORT_DIR}/boxplot_registration.svg", caption="../report/boxplot_registration.rst", category="2. Figures", subcategory="1. Box plots (Fig. 5)"
         ),
         boxplot_segmentation=report(
-            f"{REPORT_DIR}/boxplot_segmentation.svg", caption="../report/boxplot_segmentation.rst", category="Figures"
+            f"{REPORT_DIR}/boxplot_segmentation.svg", caption="../report/boxplot_segmentation.rst", category="2. Figures", subcategory="1. Box plots (Fig. 5)"
         ),
         boxplot_png=multiext(f"{REPORT_DIR}/boxplot_", "registration.png", "segmentation.png"),
-        label_amount_png=report(f"{REPORT_DIR}/label_amount.png", caption="../report/label_amount.rst", category="Figures"),
-        label_amount_html=report(f"{REPORT_DIR}/label_amount.html", caption="../report/label_amount.rst", category="Tables"),
-        label_amount_csv=report(f"{REPORT_DIR}/label_amount.csv", caption="../report/label_amount.rst", category="Tables"),
-        per_fold_html=report(f"{REPORT_DIR}/per_fold.html", caption="../report/per_fold.rst", category="Tables"),
-        per_fold=report(f"{REPORT_DIR}/per_fold.csv", caption="../report/per_fold.rst", category="Tables"),
+        label_amount_png=report(f"{REPORT_DIR}/label_amount.png", caption="../report/label_amount.rst", category="2. Figures", subcategory="2. Label amount (Fig. 8)"),
+        label_amount_html=report(f"{REPORT_DIR}/label_amount.html", caption="../report/label_amount.rst", category="1. Tables", subcategory="3. Label amount (Fig. 8)"),
+        label_amount_csv=report(f"{REPORT_DIR}/label_amount.csv", caption="../report/label_amount.rst", category="1. Tables", subcategory="3. Label amount (Fig. 8)"),
+        per_fold_html=report(f"{REPORT_DIR}/per_fold.html", caption="../report/per_fold.rst", category="1. Tables", subcategory="4. Per fold"),
+        per_fold=report(f"{REPORT_DIR}/per_fold.csv", caption="../report/per_fold.rst", category="1. Tables", subcategory="4. Per fold"),
     params:
         results=RESULTS,
         out=lambda wildcards, output: Path(output.per_fold).parent,
@@ -118,10 +118,10 @@ rule overlays:
         models=overlay_models(),
     output:
         registration=report(
-            f"{REPORT_DIR}/overlays_registration.png", caption="../report/overlays_registration.rst", category="Figures"
+            f"{REPORT_DIR}/overlays_registration.png", caption="../report/overlays_registration.rst", category="2. Figures", subcategory="3. Overlays (Figs. 6-7)"
         ),
         segmentation=report(
-            f"{REPORT_DIR}/overlays_segmentation.png", caption="../report/overlays_segmentation.rst", category="Figures"
+            f"{REPORT_DIR}/overlays_segmentation.png", caption="../report/overlays_segmentation.rst", category="2. Figures", subcategory="3. Overlays (Figs. 6-7)"
         ),
     params:
         results=RESULTS,
