@@ -32,6 +32,7 @@ from deeprs.inference.space import (
     AlignedImage,
     Aligner,
     NativeProbabilities,
+    check_image,
     native_label_map,
     native_probability_map,
     probabilities_to_native,
@@ -167,6 +168,7 @@ class Predictor:
         first = bundles[0]
         by_class = sorted(first.model.labels, key=first.model.labels.__getitem__)
         self.label_values = [first.label_values[name] for name in by_class]
+        self.modality = str(first.plan["modality"])
 
     def probabilities(self, path: Path) -> tuple[sitk.Image, NativeProbabilities]:
         """The native image and its ensembled class probabilities on its own grid."""
@@ -214,6 +216,10 @@ def predict_files(
                 f"--out '{out_dir}' is the folder of the input '{image}'; choose another "
                 "folder so that no input is overwritten"
             )
+    # Every input is read once before the first alignment, so that a bad file late in a
+    # long folder stops the run at once.
+    for image in images:
+        check_image(image, predictor.modality)
     written = []
     for image in tqdm(images, desc="predict", unit="image", mininterval=2.0):
         files = predictor.predict(image, out_dir, write_probabilities)

@@ -38,7 +38,7 @@ from deeprs.errors import DataError
 from deeprs.inference.bundle import Bundle, load_bundle
 from deeprs.inference.networks import displacements, volume_tensor
 from deeprs.inference.predict import image_suffix
-from deeprs.inference.space import AlignedImage, Aligner, covered_box
+from deeprs.inference.space import AlignedImage, Aligner, check_image, covered_box
 from deeprs.io import atomic_path
 from deeprs.methods import get_method
 from deeprs.nets.padding import crop_to_shape
@@ -179,6 +179,8 @@ def register_images(
 ) -> Registration:
     """Register ``moving`` onto ``fixed`` with the bundle's R; the result lies on ``fixed``'s grid."""
     _check_registration_bundle(bundle)
+    for path in (moving_path, fixed_path):
+        check_image(path, bundle.plan["modality"])
     aligner = aligner or Aligner(bundle.plan)
     moving, fixed = aligner.align(moving_path), aligner.align(fixed_path)
     moving_label = None

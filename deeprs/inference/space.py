@@ -67,6 +67,13 @@ def check_intensities(image: sitk.Image, modality: str, path: Path) -> None:
         )
 
 
+def check_image(path: str | Path, modality: str) -> sitk.Image:
+    """Read one new image and refuse it (one line) unless it is a 3D scan of ``modality``."""
+    image = read_volume(path)
+    check_intensities(image, modality, Path(path))
+    return image
+
+
 class Aligner:
     """Aligns new images to one plan's reference; makes one elastix registrar per process."""
 
@@ -84,9 +91,8 @@ class Aligner:
 
     def align(self, path: str | Path) -> AlignedImage:
         path = Path(path)
-        native = read_volume(path)
+        native = check_image(path, self.plan["modality"])
         case = Case(path.name, path.name, canonical(sitk.Cast(native, sitk.sitkFloat32)), None)
-        check_intensities(case.image, self.plan["modality"], path)
         alignment = align_case(case, self.target, self.registrar, self.plan["crop_margin_mm"])
         on_grid = resample_onto(case.image, self.target.grid, alignment.affine)
         array = scale_intensities(
