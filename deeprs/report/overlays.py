@@ -114,8 +114,17 @@ def draw_panels(
     """A grid of panels with one contour colour per structure and a legend of structures."""
     columns = min(len(panels), 6)
     rows = -(-len(panels) // columns)
+    # The legend wraps into rows of at most four entries (two per panel) under a figure at
+    # least 6.5 inches wide, so that a figure of few panels does not cut it off.
+    entries = len(structures) + int(any(panel.target is not None for panel in panels))
+    legend_columns = min(entries, max(4, 2 * columns))
+    legend_rows = -(-entries // legend_columns)
+    legend_height = 0.3 * legend_rows
     figure, axes_grid = plt.subplots(
-        rows, columns, figsize=(2.3 * columns, 2.5 * rows + 0.6), squeeze=False
+        rows,
+        columns,
+        figsize=(max(2.3 * columns, 6.5), 2.5 * rows + 0.4 + legend_height),
+        squeeze=False,
     )
     for axes, panel in zip(axes_grid.flat, panels, strict=False):
         axes.set_title(panel.heading, fontsize=9)
@@ -144,12 +153,12 @@ def draw_panels(
         handles,
         names,
         loc="lower center",
-        ncol=len(handles),
+        ncol=legend_columns,
         frameon=False,
         fontsize=9,
     )
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    figure.tight_layout(rect=(0, legend_height / figure.get_figheight(), 1, 1))
     with atomic_path(out_path) as temporary:
         figure.savefig(temporary, format="png", dpi=130)
     plt.close(figure)
