@@ -9,6 +9,7 @@ so every test below proves that a bundle alone is enough.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -360,3 +361,33 @@ def test_bundle_holds_plan_labels_and_versions(study) -> None:
     assert plan["grid"]["size_xyz"] == [32, 32, 16]
     assert set(plan["images"]) == {"reference_cropped", "reference_coarse"}
     assert "discriminator" not in bundle.model.networks
+
+
+def test_workflow_plans_bundles_and_predictions_for_the_predict_key(tmp_path: Path) -> None:
+    """`predict.images` adds one export per fold and one predict job to `snakemake reproduce`."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    images = tmp_path / "new_scans"
+    images.mkdir()
+    for name in ("a.nii.gz", "b.mha"):
+        sitk.WriteImage(sitk.Image([4, 4, 4], sitk.sitkInt16), str(images / name))
+    config = yaml.safe_load((repo / "config" / "smoke.yaml").read_text())
+    config["predict"] = {"images": str(images), "method": "unet3d", "folds": [0, 1]}
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    command = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-n"]
+    command += ["--configfile", str(configfile), "--directory", str(tmp_path), "--cores", "1"]
+    planned = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    assert "results/predictions/unet3d/a.nii.gz" in planned.stdout
+    assert "results/predictions/unet3d/b.mha" in planned.stdout
+    stats = planned.stdout.split("Job stats:")[1].split("total")[0]
+    assert re.search(r"^export\s+2$", stats, re.M) and re.search(r"^predict\s+1$", stats, re.M)
+    config["predict"]["method"] = "voxelmorph2"
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    refused = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert refused.returncode != 0 and "predict.method" in refused.stderr
