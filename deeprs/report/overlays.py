@@ -123,7 +123,7 @@ def draw_panels(
     figure, axes_grid = plt.subplots(
         rows,
         columns,
-        figsize=(max(2.3 * columns, 6.5), 2.5 * rows + 0.4 + legend_height),
+        figsize=(max(2.3 * columns, 6.5), 2.8 * rows + 0.4 + legend_height),
         squeeze=False,
     )
     for axes, panel in zip(axes_grid.flat, panels, strict=False):
@@ -158,7 +158,8 @@ def draw_panels(
         fontsize=9,
     )
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout(rect=(0, legend_height / figure.get_figheight(), 1, 1))
+    # h_pad leaves room for the two-line titles (method and Dice) of the rows below the first.
+    figure.tight_layout(rect=(0, legend_height / figure.get_figheight(), 1, 1), h_pad=1.5)
     with atomic_path(out_path) as temporary:
         figure.savefig(temporary, format="png", dpi=130)
     plt.close(figure)
