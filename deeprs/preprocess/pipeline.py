@@ -42,6 +42,7 @@ from deeprs.preprocess.crop import (
     expand_box,
     label_box,
 )
+from deeprs.preprocess.plan import AlignmentTarget, preprocess_plan, write_plan
 from deeprs.preprocess.qc import mean_dice, mean_pairwise_dice, write_mosaic
 from deeprs.preprocess.resample import (
     box_grid,
@@ -105,6 +106,32 @@ class Reference:
     cropped: sitk.Image
     coarse: sitk.Image
 
+    @property
+    def target(self) -> AlignmentTarget:
+        """What the other cases (and new images, see :mod:`deeprs.preprocess.plan`) align to."""
+        return AlignmentTarget(
+            reference_id=self.case.id,
+            box_corners_mm=box_corners(self.case.image, self.box),
+            grid=self.grid,
+            cropped=self.cropped,
+            coarse=self.coarse,
+        )
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """A case's heart box (and where it came from) and its affine onto the reference grid.
+
+    ``affine`` maps grid (reference) points to the case's points; ``carry_metric`` is NaN
+    when the box came from the case's own label.
+    """
+
+    box: CropBox
+    source: str
+    affine: sitk.AffineTransform
+    final_metric: float
+    carry_metric: float
+
 
 @dataclass
 class CaseOutput:
@@ -154,14 +181,13 @@ def choose_reference(cases: Sequence[CaseFiles], requested: str) -> CaseFiles:
 def carry_box(
     registrar: AffineRegistrar,
     source_coarse: sitk.Image,
-    source_image: sitk.Image,
-    source_box: CropBox,
+    source_corners_mm: np.ndarray,
     target_coarse: sitk.Image,
     target_image: sitk.Image,
     name: str,
     elastix_log: _ElastixLog,
 ) -> tuple[CropBox, float]:
-    """Map ``source_box`` into the target image through a coarse affine registration."""
+    """Map a box (its physical corners) into the target image through a coarse affine registration."""
     result = registrar.register(
         source_coarse,
         target_coarse,
@@ -170,8 +196,9 @@ def carry_box(
         iterations=CARRY_ITERATIONS,
     )
     elastix_log.add(f"carry box to {name}", result.log)
-    corners = box_corners(source_image, source_box)
-    mapped = np.array([result.transform.TransformPoint([float(v) for v in c]) for c in corners])
+    mapped = np.array(
+        [result.transform.TransformPoint([float(v) for v in c]) for c in source_corners_mm]
+    )
     return enclosing_box(target_image, mapped), result.final_metric
 
 
@@ -241,6 +268,42 @@ def build_reference(
     return Reference(case, box, source, grid, working, coarse)
 
 
+def align_case(
+    case: Case,
+    target: AlignmentTarget,
+    registrar: AffineRegistrar,
+    crop_margin_mm: float,
+    elastix_log: _ElastixLog | None = None,
+) -> Alignment:
+    """Heart box (own label, else carried from the reference) and the affine onto ``target``.
+
+    Used for every case but the reference, and by ``deeprs predict``/``register`` for new
+    images, which have no label and so always take the carried box.
+    """
+    elastix_log = elastix_log or _ElastixLog(None)
+    carry_metric = float("nan")
+    if case.label is not None:
+        box, source = label_box(case.label, crop_margin_mm, case.id), "label"
+    else:
+        box, carry_metric = carry_box(
+            registrar,
+            target.coarse,
+            target.box_corners_mm,
+            _coarse(case.image),
+            case.image,
+            case.id,
+            elastix_log,
+        )
+        source = f"carried from {target.reference_id}"
+    context_box = expand_box(box, MOVING_CONTEXT)
+    context = box_grid_at_spacing(case.image, context_box, target.grid.GetSpacing())
+    inside = crop(case.image, clip_box(case.image, context_box))
+    moving = resample_onto(resample_to_spacing(inside, context.GetSpacing()), context)
+    result = registrar.register(target.cropped, moving, case.id)
+    elastix_log.add(f"align {case.id} to {target.reference_id}", result.log)
+    return Alignment(box, source, result.transform, result.final_metric, carry_metric)
+
+
 def process_case(
     files: CaseFiles,
     reference: Reference,
@@ -252,33 +315,15 @@ def process_case(
     started = time.perf_counter()
     is_reference = files.id == reference.case.id
     case = reference.case if is_reference else load_case(files, settings.labels)
-    carry_metric = float("nan")
     if is_reference:
         box, source = reference.box, reference.box_source
-    elif case.label is not None:
-        box, source = label_box(case.label, settings.crop_margin_mm, case.id), "label"
+        affine, metric, carry_metric = sitk.AffineTransform(3), float("nan"), float("nan")
     else:
-        box, carry_metric = carry_box(
-            registrar,
-            reference.coarse,
-            reference.case.image,
-            reference.box,
-            _coarse(case.image),
-            case.image,
-            case.id,
-            elastix_log,
+        alignment = align_case(
+            case, reference.target, registrar, settings.crop_margin_mm, elastix_log
         )
-        source = f"carried from {reference.case.id}"
-    if is_reference:
-        affine, metric = sitk.AffineTransform(3), float("nan")
-    else:
-        context_box = expand_box(box, MOVING_CONTEXT)
-        context = box_grid_at_spacing(case.image, context_box, reference.grid.GetSpacing())
-        inside = crop(case.image, clip_box(case.image, context_box))
-        moving = resample_onto(resample_to_spacing(inside, context.GetSpacing()), context)
-        result = registrar.register(reference.cropped, moving, case.id)
-        elastix_log.add(f"align {case.id} to {reference.case.id}", result.log)
-        affine, metric = result.transform, result.final_metric
+        box, source, affine = alignment.box, alignment.source, alignment.affine
+        metric, carry_metric = alignment.final_metric, alignment.carry_metric
     image = resample_onto(case.image, reference.grid, affine)
     array = scale_intensities(
         sitk.GetArrayFromImage(image),
@@ -462,6 +507,7 @@ def preprocess_cohort(
         "reference": reference.case.id,
         "cases": entries,
     }
+    write_plan(out, preprocess_plan(settings, reference.target))
     write_json(out / "manifest.json", manifest)
     _log_overlap(outputs, n_classes)
     return manifest

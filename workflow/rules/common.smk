@@ -88,4 +88,5 @@ def reproduce_targets():
     targets += [f"{RESULTS}/preprocessed/{name}" for name in ("manifest.json", "qc.csv", "mosaic.png")]
     targets += [f"{RESULTS}/splits/{name}.json" for name in split_names()]
     targets += report_targets()  # defined in report.smk
+    targets += predict_targets()  # defined in predict.smk
     return targets

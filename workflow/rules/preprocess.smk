@@ -18,6 +18,8 @@ rule preprocess:
         qc=f"{RESULTS}/preprocessed/qc.csv",
         boxes=f"{RESULTS}/preprocessed/crop_boxes.json",
         mosaic=f"{RESULTS}/preprocessed/mosaic.png",
+        plan=f"{RESULTS}/preprocessed/plan.json",
+        plan_images=multiext(f"{RESULTS}/preprocessed/plan_", "reference_cropped.mha", "reference_coarse.mha"),
     params:
         out=lambda wildcards, output: Path(output.manifest).parent,
         data=config["data"],

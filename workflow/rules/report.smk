@@ -114,7 +114,7 @@ rule report:
 
 
 rule overlays:
-    """One slice per method of a test pair (Fig. 6) and a test image (Fig. 7), from the models."""
+    """One slice per method of a test pair (Fig. 6) and a test image (Fig. 7), the scored predictions with their Dice."""
     input:
         manifest=f"{RESULTS}/preprocessed/manifest.json",
         split=f"{RESULTS}/splits/{OVERLAY_SPLIT}.json",
@@ -131,12 +131,13 @@ rule overlays:
         out=lambda wildcards, output: Path(output.registration).parent,
         methods=" ".join(config["methods"]),
         device=config["train"]["device"],
+        precision=cpu_bf16_flag(),
     threads: config["train"]["threads"]
     log:
         f"{LOGS}/overlays.log",
     conda:
         "../envs/deeprs.yaml"
     shell:
-        "python -m deeprs.report.overlays --manifest {input.manifest:q} --split {input.split:q}"
+        "deeprs overlays --manifest {input.manifest:q} --split {input.split:q}"
         " --results {params.results:q} --methods {params.methods} --out-dir {params.out:q}"
-        " --device {params.device} --threads {threads} > {log:q} 2>&1"
+        " --device {params.device} {params.precision} --threads {threads} > {log:q} 2>&1"
