@@ -1,9 +1,5 @@
 # Applying trained models: one bundle per trained (run, split), and predictions for a folder
 # of new images when the config names one (predict.images).
-from deeprs.data.ingest import IMAGE_SUFFIXES
-
-PREDICT = config["predict"]
-
 
 rule export:
     """bundle.pt of `{run}` on `{split}`: its networks, the preprocessing plan, labels and versions."""
@@ -17,27 +13,11 @@ rule export:
         split=SPLIT_PATTERN,
     log:
         f"{LOGS}/{{run}}/{{split}}/export.log",
+    conda:
+        "../envs/deeprs.yaml"
     shell:
         "deeprs export --model {input.model:q} --plan {input.plan:q} --out {output:q}"
         " --split {wildcards.split} > {log:q} 2>&1"
-
-
-def predict_images():
-    """The image files of predict.images (none while it is null)."""
-    if PREDICT["images"] is None:
-        return []
-    folder = Path(PREDICT["images"])
-    if not folder.is_dir():
-        sys.exit(f"deeprs: config key 'predict.images': folder '{folder}' does not exist")
-    images = sorted(p for p in folder.iterdir() if p.name.endswith(IMAGE_SUFFIXES) and not p.name.startswith("."))
-    if not images:
-        sys.exit(f"deeprs: config key 'predict.images': folder '{folder}' holds no NIfTI/MHA/NRRD image")
-    return images
-
-
-def predict_targets():
-    """One label map per image in results/predictions/<method>/, named as the image."""
-    return [f"{RESULTS}/predictions/{PREDICT['method']}/{image.name}" for image in predict_images()]
 
 
 if PREDICT["images"] is not None:
@@ -65,6 +45,8 @@ if PREDICT["images"] is not None:
             gpu=training_gpus(),
         log:
             f"{LOGS}/predict_{PREDICT['method']}.log",
+        conda:
+            "../envs/deeprs.yaml"
         shell:
             "deeprs predict {params.images:q} --bundle {params.method_dir:q} --folds {params.folds}"
             " --out {params.out:q} --device {params.device} {params.precision} --threads {threads}"
