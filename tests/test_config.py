@@ -46,6 +46,10 @@ def test_defaults_are_filled() -> None:
         "smooth": 1,
         "acm": 1,
         "ce": 1,
+        "label": 1,
+        "anatomy": 1,
+        "weak": 1,
+        "supervised": 1,
     }
     assert config["preprocess"]["target_shape"] == [128, 128, 96]
     assert config["folds"]["n_folds"] == 5
