@@ -39,7 +39,6 @@ def settings() -> TrainSettings:
         lr=1e-3,
         checkpoint_every=ITERATIONS,
         seed=5,
-        threads=1,
         cpu_bf16=False,
     )
 

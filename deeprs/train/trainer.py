@@ -22,12 +22,13 @@ from torch import nn
 from tqdm import tqdm
 
 from deeprs import perf
+from deeprs.config import read_section, section_defaults
 from deeprs.data.cases import Manifest, Split
-from deeprs.device import set_threads
 from deeprs.errors import DeeprsError
 from deeprs.io import remove_stale_temporaries
 from deeprs.methods import MethodSpec
 from deeprs.nets import build_network
+from deeprs.terms import WEIGHT_KEYS
 from deeprs.train import checkpoint as ckpt
 from deeprs.train.augment import augment_pair
 from deeprs.train.history import empty_row, plot_losses, write_losses_csv
@@ -50,20 +51,6 @@ from deeprs.train.steps import (
 
 LOG = logging.getLogger(__name__)
 
-DEFAULT_WEIGHTS = {
-    "cc": 1.0,
-    "smooth": 1.0,
-    "adv": 1.0,
-    "drc": 10.0,
-    "label": 1.0,
-    "anatomy": 1.0,
-    "ce": 1.0,
-    "acm": 1.0,
-    "weak": 1.0,
-    "supervised": 1.0,
-}
-"""The paper's lambdas (section 4.1) and 1 for the baselines' terms."""
-
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
 LOSSES_CSV = "losses.csv"
@@ -73,37 +60,47 @@ RMSPROP_ALPHA = 0.9
 """Keras' RMSprop decay (rho), the paper's framework; torch's default is 0.99."""
 
 
+_DEFAULTS = section_defaults("train")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
-    """Hyperparameters of one training run (config section ``train``)."""
+    """Settings of one training run: config section ``train`` (without the per-job device
+    and threads) and the study's seed. Defaults come from the config schema."""
 
-    iterations: int = 1500
-    width: float = 1.0
-    lr: float = 2e-4
-    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    checkpoint_every: int = 100
-    seed: int = 2020
-    threads: int = 1
-    cpu_bf16: bool = True
-    discriminator_lr: float | None = None
+    iterations: int = _DEFAULTS["iterations"]
+    width: float = _DEFAULTS["width"]
+    lr: float = _DEFAULTS["lr"]
+    weights: dict[str, float] = field(default_factory=lambda: dict(_DEFAULTS["weights"]))
+    checkpoint_every: int = _DEFAULTS["checkpoint_every"]
+    seed: int = _DEFAULTS["seed"]
+    cpu_bf16: bool = _DEFAULTS["cpu_bf16"]
+    discriminator_lr: float | None = _DEFAULTS["discriminator_lr"]
+    """D's learning rate; None (config null) means ``lr``, as in the paper."""
 
     def __post_init__(self) -> None:
-        unknown = set(self.weights) - set(DEFAULT_WEIGHTS)
+        unknown = set(self.weights) - set(WEIGHT_KEYS)
         if unknown:
             raise DeeprsError(
                 f"config key 'train.weights' has unknown terms {sorted(unknown)}; "
-                f"use {', '.join(DEFAULT_WEIGHTS)}"
+                f"use {', '.join(WEIGHT_KEYS)}"
             )
-        object.__setattr__(self, "weights", {**DEFAULT_WEIGHTS, **self.weights})
-        if self.discriminator_lr is None:  # config null: D learns at the shared rate
+        object.__setattr__(self, "weights", {**_DEFAULTS["weights"], **self.weights})
+        if self.discriminator_lr is None:
             object.__setattr__(self, "discriminator_lr", self.lr)
         if self.iterations < 1 or self.checkpoint_every < 1:
             raise DeeprsError(
                 "config keys 'train.iterations' and 'train.checkpoint_every' must be >= 1"
             )
 
+    @classmethod
+    def from_json(cls, text: str) -> TrainSettings:
+        """The settings a ``train`` rule passes (:func:`deeprs.config.section_json`), checked
+        against the schema and completed with its defaults."""
+        return cls(**read_section(text, "train"))
+
     def resume_key(self) -> dict[str, Any]:
-        """The settings a checkpoint must share to be resumed (not the run length or threads)."""
+        """The settings a checkpoint must share to be resumed (not the run length)."""
         return {
             "width": self.width,
             "lr": self.lr,
@@ -261,7 +258,6 @@ class Trainer:
     def setup(self) -> None:
         """Networks, optimisers, the training data on the device and the data order."""
         method, settings = self.method, self.settings
-        set_threads(settings.threads)
         step = build_step(method, len(self.manifest.labels) + 1, settings, self.device)
         self.networks, self.kinds, self.context = step.networks, step.kinds, step.context
         self.generator = self.context.generator
