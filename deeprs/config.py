@@ -30,12 +30,12 @@ they reach commands as ``--device``/``--threads`` and never force a rerun."""
 
 
 def schema_path() -> Path:
-    """The config schema: shipped in the package (a wheel), else the repository's
-    ``workflow/schemas`` (a source checkout or an editable install)."""
-    packaged = resources.files("deeprs").joinpath("schemas", SCHEMA_NAME)
-    if packaged.is_file():
-        return Path(str(packaged))
-    return Path(__file__).resolve().parents[1] / "workflow" / "schemas" / SCHEMA_NAME
+    """The config schema: the checkout's ``workflow/schemas/config.schema.yaml``, or in an
+    installed wheel the copy shipped as package data ``deeprs/resources/``."""
+    checkout = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / SCHEMA_NAME
+    if checkout.is_file():
+        return checkout
+    return Path(str(resources.files("deeprs").joinpath("resources", SCHEMA_NAME)))
 
 
 @cache
