@@ -100,6 +100,23 @@ def report_label_amount_metrics():
     ]
 
 
+def trained_methods():
+    """Table 1 and Table 2 methods that train, so have losses.csv and a learning curve."""
+    return [method for method in dict.fromkeys(config["methods"] + config["ablation"]) if get_method(method).trains]
+
+
+def report_losses():
+    """losses.csv of every trained method on every fold (the learning curves)."""
+    return [f"{RESULTS}/{method}/{fold}/losses.csv" for method in trained_methods() for fold in fold_names(FOLDS.n_folds)]
+
+
+def learning_curve_outputs():
+    """learning_curves_{method}.png of every trained method, for the report's category."""
+    files = [f"{REPORT_DIR}/learning_curves_{method}.png" for method in trained_methods()]
+    caption = "../report/learning_curves.rst"
+    return [report(path, caption=caption, category="3. Learning curves") for path in files]
+
+
 def overlay_models():
     """model.pt on the overlay split of every Table 1 method that trains."""
     return [

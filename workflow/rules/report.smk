@@ -4,30 +4,38 @@
 
 
 rule report:
-    """Tables 1-2, box plots (Fig. 5), label-amount curve (Fig. 8) and per-fold Dice from the metrics."""
+    """Tables 1-2, box plots (Fig. 5), label-amount curve (Fig. 8), per-fold Dice, learning curves, QC page."""
     input:
         fold_metrics=report_fold_metrics(),
         label_amount_metrics=report_label_amount_metrics(),
+        losses=report_losses(),
+        qc=f"{RESULTS}/preprocessed/qc.csv",
+        mosaic=f"{RESULTS}/preprocessed/mosaic.png",
     output:
-        table1_html=report(f"{REPORT_DIR}/table1.html", caption="../report/table1.rst", category="Tables"),
-        table1_csv=report(f"{REPORT_DIR}/table1.csv", caption="../report/table1.rst", category="Tables"),
+        learning_curves=learning_curve_outputs(),
+        qc=report(f"{REPORT_DIR}/qc.html", caption="../report/qc.rst", category="4. Preprocessing QC"),
+        table1_html=report(f"{REPORT_DIR}/table1.html", caption="../report/table1.rst", category="1. Tables", subcategory="1. Table 1: baselines"),
+        table1_csv=report(f"{REPORT_DIR}/table1.csv", caption="../report/table1.rst", category="1. Tables", subcategory="1. Table 1: baselines"),
         table1_other=multiext(f"{REPORT_DIR}/table1", ".md", ".tex"),
-        table2_html=report(f"{REPORT_DIR}/table2.html", caption="../report/table2.rst", category="Tables"),
-        table2_csv=report(f"{REPORT_DIR}/table2.csv", caption="../report/table2.rst", category="Tables"),
+        table2_html=report(f"{REPORT_DIR}/table2.html", caption="../report/table2.rst", category="1. Tables", subcategory="2. Table 2: ablation"),
+        table2_csv=report(f"{REPORT_DIR}/table2.csv", caption="../report/table2.rst", category="1. Tables", subcategory="2. Table 2: ablation"),
         table2_other=multiext(f"{REPORT_DIR}/table2", ".md", ".tex"),
         boxplot_registration=report(
-            f"{REPORT_DIR}/boxplot_registration.svg", caption="../report/boxplot_registration.rst", category="Figures"
+            f"{REPORT_DIR}/boxplot_registration.svg", caption="../report/boxplot_registration.rst", category="2. Figures", subcategory="1. Box plots (Fig. 5)"
         ),
         boxplot_segmentation=report(
-            f"{REPORT_DIR}/boxplot_segmentation.svg", caption="../report/boxplot_segmentation.rst", category="Figures"
+            f"{REPORT_DIR}/boxplot_segmentation.svg", caption="../report/boxplot_segmentation.rst", category="2. Figures", subcategory="1. Box plots (Fig. 5)"
         ),
         boxplot_png=multiext(f"{REPORT_DIR}/boxplot_", "registration.png", "segmentation.png"),
-        label_amount_png=report(f"{REPORT_DIR}/label_amount.png", caption="../report/label_amount.rst", category="Figures"),
-        label_amount_csv=report(f"{REPORT_DIR}/label_amount.csv", caption="../report/label_amount.rst", category="Tables"),
-        per_fold=report(f"{REPORT_DIR}/per_fold.csv", caption="../report/per_fold.rst", category="Tables"),
+        label_amount_png=report(f"{REPORT_DIR}/label_amount.png", caption="../report/label_amount.rst", category="2. Figures", subcategory="2. Label amount (Fig. 8)"),
+        label_amount_html=report(f"{REPORT_DIR}/label_amount.html", caption="../report/label_amount.rst", category="1. Tables", subcategory="3. Label amount (Fig. 8)"),
+        label_amount_csv=report(f"{REPORT_DIR}/label_amount.csv", caption="../report/label_amount.rst", category="1. Tables", subcategory="3. Label amount (Fig. 8)"),
+        per_fold_html=report(f"{REPORT_DIR}/per_fold.html", caption="../report/per_fold.rst", category="1. Tables", subcategory="4. Per fold"),
+        per_fold=report(f"{REPORT_DIR}/per_fold.csv", caption="../report/per_fold.rst", category="1. Tables", subcategory="4. Per fold"),
     params:
         results=RESULTS,
         out=lambda wildcards, output: Path(output.per_fold).parent,
+        preprocessed=lambda wildcards, input: Path(input.qc).parent,
         methods=" ".join(config["methods"]),
         ablation=" ".join(config["ablation"]),
         folds=" ".join(str(k) for k in range(FOLDS.n_folds)),
@@ -38,7 +46,8 @@ rule report:
     log:
         f"{LOGS}/report.log",
     shell:
-        "deeprs report --results {params.results:q} --out {params.out:q}"
+        "deeprs report --results {params.results:q} --out {params.out:q} --replace-study-report"
+        " --preprocessed {params.preprocessed:q}"
         " --methods {params.methods} --ablation {params.ablation} --folds {params.folds}"
         " --structures {params.structures} --label-amount-methods {params.label_amount_methods}"
         " --label-amounts {params.label_amounts} --repeats {params.repeats} > {log:q} 2>&1"
@@ -52,10 +61,10 @@ rule overlays:
         models=overlay_models(),
     output:
         registration=report(
-            f"{REPORT_DIR}/overlays_registration.png", caption="../report/overlays_registration.rst", category="Figures"
+            f"{REPORT_DIR}/overlays_registration.png", caption="../report/overlays_registration.rst", category="2. Figures", subcategory="3. Overlays (Figs. 6-7)"
         ),
         segmentation=report(
-            f"{REPORT_DIR}/overlays_segmentation.png", caption="../report/overlays_segmentation.rst", category="Figures"
+            f"{REPORT_DIR}/overlays_segmentation.png", caption="../report/overlays_segmentation.rst", category="2. Figures", subcategory="3. Overlays (Figs. 6-7)"
         ),
     params:
         results=RESULTS,
