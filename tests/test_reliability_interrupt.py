@@ -40,11 +40,20 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def train_arguments(
-    cohort: Path, out_dir: Path, method: str = "deeprs", iterations: int = ITERATIONS
+    cohort: Path,
+    out_dir: Path,
+    method: str = "deeprs",
+    iterations: int = ITERATIONS,
+    checkpoint_every: int = 2,
 ) -> list[str]:
     arguments = ["train", "--method", method, "--manifest", str(cohort / "manifest.json")]
     arguments += ["--split", str(cohort / "split.json"), "--out-dir", str(out_dir)]
-    settings = {"iterations": iterations, "width": 0.25, "checkpoint_every": 2, "seed": SEED}
+    settings = {
+        "iterations": iterations,
+        "width": 0.25,
+        "checkpoint_every": checkpoint_every,
+        "seed": SEED,
+    }
     arguments += ["--settings", json.dumps(settings)]
     return [*arguments, "--device", "cpu", "--threads", "1"]
 
@@ -195,8 +204,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
     np.save(data / "images" / f"{broken}.npy", image)
 
     out_dir = tmp_path / "run"
-    arguments = train_arguments(data, out_dir, method="voxelmorph2")
-    arguments[arguments.index("--checkpoint-every") + 1] = "1"
+    arguments = train_arguments(data, out_dir, method="voxelmorph2", checkpoint_every=1)
     assert main(arguments) == 2
     checkpoint = out_dir / CHECKPOINT_FILE
     # Above the error line: the progress bar (tqdm writes to stderr).

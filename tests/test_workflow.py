@@ -107,7 +107,7 @@ def _variant(tmp_path: Path, section: str, key: str, value: object) -> Path:
     config = yaml.safe_load(SMOKE.read_text())
     config[section][key] = value
     path = tmp_path / f"{section}_{key}.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config, sort_keys=False))  # label order is a setting
     return path
 
 
