@@ -15,9 +15,9 @@ import sys
 from deeprs.errors import DeeprsError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "phantom": ("deeprs.data.phantom", "generate the synthetic cardiac CT cohort"),
+    "phantom": ("deeprs.phantom.cli", "generate the synthetic cardiac CT cohort"),
     "preprocess": ("deeprs.preprocess.pipeline", "crop, affine-align and resample a cohort"),
-    "split": ("deeprs.folds", "write the five folds and the label-amount splits"),
+    "split": ("deeprs.commands.split", "write the folds and the label-amount splits"),
     "train": ("deeprs.train.cli", "train one method on one fold"),
     "evaluate": ("deeprs.evaluate.cli", "Dice, HD95 and folding of a trained method on a fold"),
     "report": ("deeprs.report.cli", "tables and figures from the metrics"),
@@ -26,7 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("deeprs.inference.predict", "label maps of new images on their own grids"),
     "register": ("deeprs.inference.register", "moved image and label, ITK affine + warp field"),
     "bench": ("deeprs.bench", "time and memory of the training steps, against a reference"),
-    "check-config": ("deeprs.config", "validate a config file against the schema"),
+    "check-config": ("deeprs.commands.check_config", "validate a config file against the schema"),
 }
 
 

@@ -1,14 +1,19 @@
-"""Load and validate a workflow config against ``workflow/schemas/config.schema.yaml``.
+"""The workflow config: its schema (the one place every setting's default is written),
+validation, and the settings one section hands to its command.
 
-The Snakefile and every CLI that reads a config go through :func:`load_config` or
+The Snakefile and every command that reads a config go through :func:`load_config` or
 :func:`validate_config`, so a wrong key is reported the same way everywhere: one line
-naming the key and what is wrong with it.
+naming the key and what is wrong with it. A rule passes its section to its command as one
+JSON object (:func:`section_json`); the command reads it back with :func:`read_section`,
+which checks it against the same schema and fills the same defaults.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
+import json
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +22,31 @@ import yaml
 
 from deeprs.errors import ConfigError
 
+SCHEMA_NAME = "config.schema.yaml"
 
-def _schema_path() -> Path:
-    """The checkout's ``workflow/schemas/config.schema.yaml``, or in an installed wheel the
-    copy that setup.py ships as ``deeprs/resources/config.schema.yaml``."""
-    package = Path(__file__).resolve().parent
-    checkout = package.parent / "workflow" / "schemas" / "config.schema.yaml"
-    return checkout if checkout.is_file() else package / "resources" / checkout.name
+JOB_KEYS = ("device", "threads")
+"""Keys of ``train`` that belong to one job (its machine), not to the settings of a run:
+they reach commands as ``--device``/``--threads`` and never force a rerun."""
 
 
-SCHEMA_PATH = _schema_path()
+def schema_path() -> Path:
+    """The config schema: the checkout's ``workflow/schemas/config.schema.yaml``, or in an
+    installed wheel the copy shipped as package data ``deeprs/resources/``."""
+    checkout = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / SCHEMA_NAME
+    if checkout.is_file():
+        return checkout
+    return Path(str(resources.files("deeprs").joinpath("resources", SCHEMA_NAME)))
 
 
-def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+@cache
+def _read_schema(path: Path) -> dict[str, Any]:
     with open(path) as handle:
         return yaml.safe_load(handle)
+
+
+def load_schema(path: str | Path | None = None) -> dict[str, Any]:
+    """The schema as a dictionary (a fresh copy: callers may change it)."""
+    return copy.deepcopy(_read_schema(Path(path) if path is not None else schema_path()))
 
 
 def _key_name(path: list[Any]) -> str:
@@ -61,21 +76,67 @@ def _fill_defaults(instance: dict[str, Any], schema: dict[str, Any]) -> None:
             _fill_defaults(instance[key], subschema)
 
 
-def validate_config(
-    config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH
-) -> dict[str, Any]:
+def _check(instance: dict[str, Any], schema: dict[str, Any]) -> None:
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: (len(e.absolute_path), e.path))
+    if errors:
+        raise ConfigError(_describe(jsonschema.exceptions.best_match(errors)))
+
+
+def validate_config(config: dict[str, Any], schema: str | Path | None = None) -> dict[str, Any]:
     """Fill defaults into ``config`` in place and check it; raise ConfigError on the first problem."""
     if not isinstance(config, dict):
         raise ConfigError("the config must be a mapping of keys to values")
-    schema = load_schema(schema_path)
-    _fill_defaults(config, schema)
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), e.path))
-    if errors:
-        best = jsonschema.exceptions.best_match(errors)
-        raise ConfigError(_describe(best))
+    loaded = load_schema(schema)
+    _fill_defaults(config, loaded)
+    _check(config, loaded)
     _check_paths(config)
     return config
+
+
+def _section_schema(section: str) -> dict[str, Any]:
+    """The schema of one section as its command receives it: with the study's ``seed``,
+    without the per-job keys, nested under the section's name (so messages name the key)."""
+    schema = load_schema()
+    part = schema["properties"][section]
+    part["properties"]["seed"] = schema["properties"]["seed"]
+    for key in JOB_KEYS:
+        part["properties"].pop(key, None)
+    return {"type": "object", "properties": {section: part}}
+
+
+def section_defaults(section: str) -> dict[str, Any]:
+    """Every default of ``section`` (and ``seed``), from the schema."""
+    settings: dict[str, Any] = {}
+    _fill_defaults(settings, _section_schema(section)["properties"][section])
+    return settings
+
+
+def job_defaults(section: str = "train") -> dict[str, Any]:
+    """Defaults of the per-job keys of ``section`` (device, threads), for a command's options."""
+    properties = load_schema()["properties"][section]["properties"]
+    return {key: properties[key]["default"] for key in JOB_KEYS if key in properties}
+
+
+def section_json(config: dict[str, Any], section: str) -> str:
+    """The settings of ``section`` of a validated config, as the rule hands them to the
+    command: one JSON object with the study's seed, without the per-job keys."""
+    settings = {k: v for k, v in config[section].items() if k not in JOB_KEYS}
+    return json.dumps({**settings, "seed": config["seed"]}, sort_keys=True)
+
+
+def read_section(text: str, section: str) -> dict[str, Any]:
+    """Parse a command's ``--settings`` JSON for ``section``, fill defaults and check it."""
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--settings (config section '{section}') is not JSON: {error}") from None
+    if not isinstance(settings, dict):
+        raise ConfigError(f"--settings (config section '{section}') must be a JSON object")
+    schema = _section_schema(section)
+    _fill_defaults(settings, schema["properties"][section])
+    _check({section: settings}, schema)
+    return settings
 
 
 def _check_paths(config: dict[str, Any]) -> None:
@@ -108,13 +169,3 @@ def load_config(path: str | Path) -> dict[str, Any]:
         return validate_config(config if config is not None else {})
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("configfile", type=Path, help="YAML config to check")
-
-
-def run(args: argparse.Namespace) -> int:
-    load_config(args.configfile)
-    print(f"{args.configfile}: valid")
-    return 0

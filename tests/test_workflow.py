@@ -114,3 +114,37 @@ def test_demo_preset_plans_every_method_fold_and_label_study_job(tmp_path: Path)
     for method in trained:
         for fold in range(folds["n_folds"]):
             assert f"results/demo/{method}/fold_{fold}/model.pt" in dry.stdout
+
+
+def _variant(tmp_path: Path, section: str, key: str, value: object) -> Path:
+    config = yaml.safe_load(SMOKE.read_text())
+    config[section][key] = value
+    path = tmp_path / f"{section}_{key}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))  # label order is a setting
+    return path
+
+
+def test_a_setting_reruns_what_reads_it_and_a_job_option_nothing(
+    smoke_run: Path, tmp_path: Path
+) -> None:
+    """The train section reaches `deeprs train` as one params value: a new learning rate
+    reruns training (and what follows), more threads for the same run rerun nothing."""
+    config = yaml.safe_load(SMOKE.read_text())
+    lr = snakemake(smoke_run, _variant(tmp_path, "train", "lr", 0.001), "-n", "reproduce")
+    assert lr.returncode == 0, lr.stderr[-2000:]
+    jobs = planned_jobs(lr.stdout)
+    assert jobs["train"] > 0 and "phantom" not in jobs and "split" not in jobs
+    threads = config["train"]["threads"] + 1
+    same = snakemake(smoke_run, _variant(tmp_path, "train", "threads", threads), "-n", "reproduce")
+    assert same.returncode == 0, same.stderr[-2000:]
+    assert "Nothing to be done" in same.stdout + same.stderr
+
+
+def test_building_the_dag_does_not_import_torch(tmp_path: Path) -> None:
+    command = [sys.executable, "-X", "importtime", "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+    command += ["--cores", "2", "--configfile", str(DEMO), "--directory", str(tmp_path), "-n"]
+    dry = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in dry.stderr.splitlines()]
+    assert "deeprs.methods" in imported
+    assert "torch" not in imported

@@ -12,7 +12,7 @@ rule bench:
         sizes="demo,paper",
     threads: config["train"]["threads"]
     resources:
-        gpu=training_gpus(),
+        gpu=TRAIN_GPUS,
     log:
         f"{LOGS}/bench.log",
     conda:

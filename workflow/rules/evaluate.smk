@@ -17,9 +17,7 @@ rule evaluate:
         precision=cpu_bf16_flag(),
     threads: config["train"]["threads"]
     resources:
-        # Trained methods run their networks on the training device (training_gpus in
-        # train.smk); Affine only needs no accelerator.
-        gpu=lambda wildcards: training_gpus() if get_method(method_of_run(wildcards.run)).trains else 0,
+        gpu=run_gpus,
     log:
         f"{LOGS}/{{run}}/{{split}}/evaluate.log",
     conda:

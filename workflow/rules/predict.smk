@@ -42,7 +42,7 @@ if PREDICT["images"] is not None:
             precision=cpu_bf16_flag(),
         threads: config["train"]["threads"]
         resources:
-            gpu=training_gpus(),
+            gpu=TRAIN_GPUS,
         log:
             f"{LOGS}/predict_{PREDICT['method']}.log",
         conda:
