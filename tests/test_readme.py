@@ -82,7 +82,7 @@ DRY_RUNS: list[tuple[Callable[[list[str]], bool], Callable[[list[str]], list[str
 
 
 def readme_commands(text: str) -> list[str]:
-    """The lines of the ```bash blocks, comments dropped, in order."""
+    """The lines of the ```bash blocks, comments dropped, in order (```python blocks run whole)."""
     commands = []
     for block in re.findall(r"^```bash\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
         for line in block.splitlines():
@@ -104,7 +104,7 @@ def as_tested(command: str) -> tuple[list[str], str]:
 def test_every_command_is_in_a_bash_block_and_the_key_ones_are_there() -> None:
     text = README.read_text()
     blocks = re.findall(r"^```(\w*)\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
-    assert {language for language, _ in blocks} <= {"bash", ""}
+    assert {language for language, _ in blocks} <= {"bash", "python", ""}
     programs = ("snakemake", "deeprs", "make", "pip", "pytest", "python")
     for language, body in blocks:
         if language == "":  # e.g. the layout: no command hides in an untested block
@@ -198,6 +198,21 @@ def test_every_readme_command_runs_as_written(fresh_copy: Path, tmp_path: Path) 
         outcomes.append(outcome)
         if finished.returncode != 0:
             failures.append(f"{outcome}\n{(finished.stdout + finished.stderr)[-3000:]}")
+    for snippet in re.findall(
+        r"^```python\n(.*?)^```", README.read_text(), re.MULTILINE | re.DOTALL
+    ):
+        finished = subprocess.run(
+            [sys.executable, "-c", snippet],
+            cwd=fresh_copy,
+            env=environment,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        outcome = f"exit {finished.returncode} (python block): {snippet.splitlines()[0]} ..."
+        outcomes.append(outcome)
+        if finished.returncode != 0:
+            failures.append(f"{outcome}\n{finished.stderr[-3000:]}")
     report = "\n".join(outcomes)
     print(report)
     (tmp_path / "readme_commands.txt").write_text(report + "\n")
