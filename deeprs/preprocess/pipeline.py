@@ -31,7 +31,7 @@ import SimpleITK as sitk
 from deeprs.config import load_config, validate_config
 from deeprs.data.ingest import Case, CaseFiles, discover_cases, load_case
 from deeprs.errors import ConfigError
-from deeprs.io import atomic_path, write_json, write_text
+from deeprs.io import atomic_path, write_image, write_json, write_text
 from deeprs.preprocess.affine import AffineRegistrar, resample_to_spacing
 from deeprs.preprocess.crop import (
     CropBox,
@@ -330,8 +330,7 @@ def _write_case_files(out: Path, output: CaseOutput, grid: sitk.Image) -> dict[s
             np.save(handle, array)
         viewable = sitk.GetImageFromArray(array)
         viewable.CopyInformation(grid)
-        with atomic_path(out / "nifti" / f"{output.case_id}_{kind}.nii.gz") as temporary:
-            sitk.WriteImage(viewable, str(temporary), useCompression=True)
+        write_image(viewable, out / "nifti" / f"{output.case_id}_{kind}.nii.gz")
         entry[kind] = relative
     return entry
 

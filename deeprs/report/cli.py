@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from deeprs.io import write_text
+from deeprs.palette import structure_title
 from deeprs.report import figures, tables
 from deeprs.report.collect import (
     MetricsSet,
@@ -28,7 +29,6 @@ from deeprs.report.paper import (
     TABLE2,
     ablation_title,
     method_title,
-    structure_title,
 )
 
 LOG = logging.getLogger(__name__)

@@ -347,7 +347,7 @@ def train(
     for path in (checkpoint_path, out_dir / MODEL_FILE):
         for leftover in remove_stale_temporaries(path):
             LOG.info("removed %s, left by an interrupted write", leftover)
-    state = ckpt.read_payload(checkpoint_path, "checkpoint") if checkpoint_path.exists() else None
+    state = ckpt.read_checkpoint(checkpoint_path)
     start = (
         run.restore(state) if state is not None and _resumable(state, run, checkpoint_path) else 0
     )
