@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from deeprs.data.grouping import compile_subject_pattern
 from deeprs.errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
@@ -67,6 +68,7 @@ def validate_config(
         best = jsonschema.exceptions.best_match(errors)
         raise ConfigError(_describe(best))
     check_method_names(config)
+    compile_subject_pattern(config["data"]["subject_pattern"])
     _check_paths(config)
     return config
 

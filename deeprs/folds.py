@@ -4,8 +4,9 @@ Folds follow the paper: the labelled cases are split into ``n_folds`` seeded par
 trains with part k as moving images (few-shot: 4 of the 20 MM-WHS labels) and all
 unlabelled cases as fixed images, and tests on the other parts. Label-amount splits use
 one fixed test set and nested seeded draws of ``n`` training labels from the rest. Cases
-are always grouped by ``subject`` so that the two frames of one ACDC patient never sit on
-both sides of a split. The protocol, including cohorts without unlabelled cases, is in
+are always grouped by ``subject`` (the rule is in :mod:`deeprs.data.grouping`) so that the
+two frames of one ACDC patient never sit on both sides of a split, and every split is
+checked for that before any is written. The protocol, including cohorts without unlabelled cases, is in
 ``docs/methods.md`` (section "Folds").
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from deeprs.data.cases import Manifest, Split, load_manifest
-from deeprs.errors import ConfigError
+from deeprs.errors import ConfigError, DeeprsError
 from deeprs.io import write_json
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,24 @@ def make_label_amount_splits(
     return splits
 
 
+def check_subjects_apart(split: Split, manifest: Manifest) -> None:
+    """Refuse a split that puts one subject in both its training images and its test set.
+
+    The splitting above keeps subjects whole by construction; this check, run on every
+    split before any is written, makes a leak impossible rather than merely unlikely.
+    """
+    training = {manifest.record(case).subject: case for case in split.train_moving}
+    training.update({manifest.record(case).subject: case for case in split.train_fixed})
+    for case in split.test:
+        subject = manifest.record(case).subject
+        if subject in training:
+            raise DeeprsError(
+                f"split {split.name} would put subject '{subject}' in training "
+                f"('{training[subject]}') and in test ('{case}'); this is a bug in "
+                "deeprs.folds, please report it"
+            )
+
+
 def fold_file_names(n_folds: int) -> list[str]:
     return [f"fold_{k}.json" for k in range(n_folds)]
 
@@ -162,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
     splits = make_folds(manifest, args.n_folds, args.seed)
     if args.label_amounts:
         splits += make_label_amount_splits(manifest, args.label_amounts, args.repeats, args.seed)
+    for split in splits:
+        check_subjects_apart(split, manifest)
     for split in splits:
         write_json(args.out / f"{split.name}.json", split.to_json())
         log.info(
