@@ -87,5 +87,23 @@ def reproduce_targets():
         targets += raw_cohort_files() + [f"{DATA_DIR}/mosaic.png"]
     targets += [f"{RESULTS}/preprocessed/{name}" for name in ("manifest.json", "qc.csv", "mosaic.png")]
     targets += [f"{RESULTS}/splits/{name}.json" for name in split_names()]
+    targets += run_targets()
     targets += report_targets()  # defined in report.smk
+    return targets
+
+
+def run_targets():
+    """Every metrics.csv the report reads and the training outputs it was computed from.
+
+    Requested by name, so that a missing one (the model of a forced retraining that was
+    killed) is rebuilt together with everything computed from it. Snakemake leaves a missing
+    file alone when the files downstream of it look up to date, which would keep the old
+    metrics of a model that no longer exists.
+    """
+    targets = []
+    for metrics in report_fold_metrics() + report_label_amount_metrics():  # report.smk
+        folder = Path(metrics).parent
+        targets.append(metrics)
+        if get_method(folder.parent.name).trains:
+            targets += [str(folder / name) for name in ("model.pt", "losses.csv", "losses.png")]
     return targets
