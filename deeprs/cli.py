@@ -8,6 +8,7 @@ Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -66,6 +67,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except DeeprsError as error:
         print(f"deeprs {name}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # A write outside deeprs.io.atomic_path (a log): still one line, still exit 2.
+        print(
+            f"deeprs {name}: error: no space left on device while writing "
+            f"'{error.filename or 'a file'}'; free space and rerun",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from deeprs.data.grouping import compile_subject_pattern
 from deeprs.errors import ConfigError
 
 SCHEMA_NAME = "config.schema.yaml"
@@ -89,7 +90,10 @@ def validate_config(config: dict[str, Any], schema: str | Path | None = None) ->
         raise ConfigError("the config must be a mapping of keys to values")
     loaded = load_schema(schema)
     _fill_defaults(config, loaded)
+    check_label_table(config.get("data"))
     _check(config, loaded)
+    check_method_names(config)
+    compile_subject_pattern(config["data"]["subject_pattern"])
     _check_paths(config)
     return config
 
@@ -139,6 +143,111 @@ def read_section(text: str, section: str) -> dict[str, Any]:
     return settings
 
 
+def check_label_table(data: Any) -> None:
+    """Each structure its own name and its own value, none of them the background's 0.
+
+    Two structures sharing a value would leave one of them empty in every label (and
+    every test score of it 0); the schema cannot say so, hence this check. Types are left
+    to the schema: only integer values are compared.
+    """
+    labels = data.get("labels") if isinstance(data, dict) else None
+    if not isinstance(labels, dict):
+        return
+    owners: dict[int, str] = {}
+    names: dict[str, str] = {}
+    for name, value in labels.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            continue
+        if value == 0:
+            raise ConfigError(
+                f"config key 'data.labels.{name}': value 0 is the background; leave the "
+                "background out of the table and give each structure its value (>= 1)"
+            )
+        if value in owners:
+            raise ConfigError(
+                f"config key 'data.labels': '{owners[value]}' and '{name}' share value "
+                f"{value}; give each structure its own value"
+            )
+        owners[value] = name
+        folded = str(name).casefold()
+        if folded in names:
+            raise ConfigError(
+                f"config key 'data.labels': '{names[folded]}' and '{name}' differ only in "
+                "case; give each structure one name"
+            )
+        names[folded] = str(name)
+
+
+METHOD_LIST_KEYS = ("methods", "ablation", "label_amount_methods")
+
+
+def check_method_names(config: dict[str, Any]) -> None:
+    """Every name in ``methods``, ``ablation`` and ``label_amount_methods`` is a known method."""
+    from deeprs.methods import METHODS
+
+    for key in METHOD_LIST_KEYS:
+        for index, name in enumerate(config.get(key) or []):
+            if name not in METHODS:
+                raise ConfigError(
+                    f"config key '{key}.{index}': '{name}' is not one of {list(METHODS)}"
+                )
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.MarkedYAMLError(
+                problem=f"key '{key}' is given twice in one mapping", problem_mark=mark
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
+)
+
+
+def _describe_yaml_error(path: Path, error: yaml.YAMLError) -> str:
+    """``config file 'x.yaml', line 6, column 15: <problem>``: one line, numbered from 1."""
+
+    def at(mark: Any) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context:
+        problem += f" ({context}" + (f" at {at(context_mark)})" if context_mark else ")")
+    where = f", {at(mark)}" if mark is not None else ""
+    return f"config file '{path}'{where}: {problem}; fix the YAML there"
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file; a syntax error or repeated key is one ConfigError line
+    with the file, line and column."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = yaml.load(handle, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(_describe_yaml_error(path, error)) from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys to values")
+    return config
+
+
 def _check_paths(config: dict[str, Any]) -> None:
     data = config["data"]
     if data["source"] != "phantom":
@@ -158,14 +267,8 @@ def _check_paths(config: dict[str, Any]) -> None:
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file and validate it."""
     path = Path(path)
+    config = read_config_file(path)
     try:
-        with open(path) as handle:
-            config = yaml.safe_load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config file '{path}' does not exist") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {error}") from None
-    try:
-        return validate_config(config if config is not None else {})
+        return validate_config(config)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None

@@ -4,8 +4,9 @@ Folds follow the paper: the labelled cases are split into ``n_folds`` seeded par
 trains with part k as moving images (few-shot: 4 of the 20 MM-WHS labels) and all
 unlabelled cases as fixed images, and tests on the other parts. Label-amount splits use
 one fixed test set and nested seeded draws of ``n`` training labels from the rest. Cases
-are always grouped by ``subject`` so that the two frames of one ACDC patient never sit on
-both sides of a split. The protocol, including cohorts without unlabelled cases, is in
+are always grouped by ``subject`` (the rule is in :mod:`deeprs.data.grouping`) so that the
+two frames of one ACDC patient never sit on both sides of a split, and every split is
+checked for that before any is written. The protocol, including cohorts without unlabelled cases, is in
 ``docs/methods.md`` (section "Folds").
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from deeprs.data.cases import Manifest, Split
-from deeprs.errors import ConfigError
+from deeprs.errors import ConfigError, DeeprsError
 from deeprs.io import write_json
 
 # Registration is evaluated on ordered pairs of test cases, so a test set needs two.
@@ -137,6 +138,24 @@ def make_label_amount_splits(
     return splits
 
 
+def check_subjects_apart(split: Split, manifest: Manifest) -> None:
+    """Refuse a split that puts one subject in both its training images and its test set.
+
+    The splitting above keeps subjects whole by construction; this check, run on every
+    split before any is written, makes a leak impossible rather than merely unlikely.
+    """
+    training = {manifest.record(case).subject: case for case in split.train_moving}
+    training.update({manifest.record(case).subject: case for case in split.train_fixed})
+    for case in split.test:
+        subject = manifest.record(case).subject
+        if subject in training:
+            raise DeeprsError(
+                f"split {split.name} would put subject '{subject}' in training "
+                f"('{training[subject]}') and in test ('{case}'); this is a bug in "
+                "deeprs.folds, please report it"
+            )
+
+
 @dataclass(frozen=True)
 class FoldSettings:
     """Config section ``folds`` and the study's seed (defaults in the config schema)."""
@@ -178,6 +197,8 @@ def make_splits(manifest: Manifest, settings: FoldSettings) -> list[Split]:
 def write_splits(manifest: Manifest, settings: FoldSettings, out: Path) -> list[Split]:
     """Write ``{out}/{name}.json`` for every split; return the splits."""
     splits = make_splits(manifest, settings)
+    for split in splits:
+        check_subjects_apart(split, manifest)
     for split in splits:
         write_json(out / f"{split.name}.json", split.to_json())
     return splits

@@ -26,7 +26,7 @@ import SimpleITK as sitk
 from deeprs.data.geometry import Grid
 from deeprs.data.mosaic import write_cohort_mosaic
 from deeprs.errors import ConfigError
-from deeprs.io import atomic_path
+from deeprs.io import write_image
 from deeprs.phantom.naming import labelled_case_id, unlabelled_case_id
 from deeprs.phantom.render import render
 from deeprs.phantom.subject import MMWHS_LABELS, draw_subject
@@ -120,8 +120,7 @@ def write_volume(array: np.ndarray, grid: Grid, path: Path) -> None:
     image.SetSpacing(grid.spacing_xyz)
     image.SetOrigin(grid.origin_xyz)
     image.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    with atomic_path(path) as temporary:
-        sitk.WriteImage(image, str(temporary), True)
+    write_image(image, path)
 
 
 def write_case(case: CaseFiles, grid: Grid, seed: int) -> str:

@@ -29,9 +29,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from deeprs.config import load_config, validate_config
+from deeprs.data.grouping import DEFAULT_SUBJECT_PATTERN
 from deeprs.data.ingest import Case, CaseFiles, discover_cases, load_case
 from deeprs.errors import ConfigError
-from deeprs.io import atomic_path, write_json, write_text
+from deeprs.io import atomic_path, write_image, write_json, write_text
 from deeprs.preprocess.affine import AffineRegistrar, resample_to_spacing
 from deeprs.preprocess.crop import (
     CropBox,
@@ -78,6 +79,7 @@ class PreprocessSettings:
     target_shape_xyz: tuple[int, int, int] = (128, 128, 96)
     ct_window: tuple[float, float] = (-200.0, 800.0)
     mri_percentiles: tuple[float, float] = (1.0, 99.0)
+    subject_pattern: str = DEFAULT_SUBJECT_PATTERN
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> PreprocessSettings:
@@ -92,6 +94,7 @@ class PreprocessSettings:
             target_shape_xyz=tuple(int(v) for v in settings["target_shape"]),  # type: ignore[arg-type]
             ct_window=tuple(float(v) for v in settings["ct_window"]),  # type: ignore[arg-type]
             mri_percentiles=tuple(float(v) for v in settings["mri_percentiles"]),  # type: ignore[arg-type]
+            subject_pattern=data["subject_pattern"],
         )
 
 
@@ -376,8 +379,7 @@ def _write_case_files(out: Path, output: CaseOutput, grid: sitk.Image) -> dict[s
             np.save(handle, array)
         viewable = sitk.GetImageFromArray(array)
         viewable.CopyInformation(grid)
-        with atomic_path(out / "nifti" / f"{output.case_id}_{kind}.nii.gz") as temporary:
-            sitk.WriteImage(viewable, str(temporary), useCompression=True)
+        write_image(viewable, out / "nifti" / f"{output.case_id}_{kind}.nii.gz")
         entry[kind] = relative
     return entry
 
@@ -462,7 +464,7 @@ def preprocess_cohort(
     Pass ``registrar`` to reuse one that exists (its first creation costs 15-25 s).
     """
     out = Path(out)
-    cohort = discover_cases(settings.data_dir, settings.layout)
+    cohort = discover_cases(settings.data_dir, settings.layout, settings.subject_pattern)
     reference_files = choose_reference(cohort, settings.reference)
     check_cohort(cohort, settings.labels)
     elastix_log = _ElastixLog(Path(elastix_log_path) if elastix_log_path else None)

@@ -297,9 +297,9 @@ class Trainer:
         for path in (self.checkpoint_path, self.model_path):
             for leftover in remove_stale_temporaries(path):
                 LOG.info("removed %s, left by an interrupted write", leftover)
-        if not self.checkpoint_path.exists():
+        state = ckpt.read_checkpoint(self.checkpoint_path)
+        if state is None:
             return 0
-        state = ckpt.read_payload(self.checkpoint_path, "checkpoint")
         if state.get("identity") != self.identity:
             LOG.warning(
                 "%s was written by another method, split or setting; starting over",

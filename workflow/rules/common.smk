@@ -136,6 +136,7 @@ def reproduce_targets():
     targets += rules.split.output
     targets += rules.report.output
     targets += rules.overlays.output
+    targets += run_targets()
     targets += predict_targets()
     return targets
 
@@ -160,3 +161,20 @@ def predict_images():
 def predict_targets():
     """One label map per image in results/predictions/<method>/, named as the image."""
     return [f"{RESULTS}/predictions/{PREDICT['method']}/{image.name}" for image in predict_images()]
+
+
+def run_targets():
+    """Every metrics.csv the report reads and the training outputs it was computed from.
+
+    Requested by name, so that a missing one (the model of a forced retraining that was
+    killed) is rebuilt together with everything computed from it. Snakemake leaves a missing
+    file alone when the files downstream of it look up to date, which would keep the old
+    metrics of a model that no longer exists.
+    """
+    targets = []
+    for metrics in report_fold_metrics() + report_label_amount_metrics():
+        folder = Path(metrics).parent
+        targets.append(metrics)
+        if get_method(folder.parent.name).trains:
+            targets += [str(folder / name) for name in ("model.pt", "losses.csv", "losses.png")]
+    return targets
