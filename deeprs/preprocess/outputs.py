@@ -1,0 +1,44 @@
+"""Files of the preprocessing step, each written atomically.
+
+Per case: ``images/{id}.npy`` (float32 (z, y, x) in [0, 1]), ``labels/{id}.npy`` (uint8
+classes) and viewable NIfTI copies on the training grid in ``nifti/``. For prediction
+time: the reference's working images in ``reference/`` (see :mod:`deeprs.preprocess.plan`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from deeprs.io import atomic_path
+from deeprs.preprocess.case import CaseOutput
+from deeprs.preprocess.reference import Reference
+
+REFERENCE_CROP = "reference/crop.nii.gz"
+REFERENCE_COARSE = "reference/coarse.nii.gz"
+
+
+def write_image(path: Path, image: sitk.Image) -> None:
+    with atomic_path(path) as temporary:
+        sitk.WriteImage(image, str(temporary), useCompression=True)
+
+
+def write_case_files(out: Path, output: CaseOutput, grid: sitk.Image) -> None:
+    """The arrays and their viewable NIfTI copies (overwritten when a case is redone)."""
+    for kind, array in (("image", output.image), ("label", output.label)):
+        if array is None:
+            continue
+        with atomic_path(out / f"{kind}s" / f"{output.case_id}.npy") as temporary:
+            with open(temporary, "wb") as handle:
+                np.save(handle, array)
+        viewable = sitk.GetImageFromArray(array)
+        viewable.CopyInformation(grid)
+        write_image(out / "nifti" / f"{output.case_id}_{kind}.nii.gz", viewable)
+
+
+def write_reference_files(out: Path, reference: Reference) -> None:
+    """The fixed images a new case is aligned to (fine crop, coarse whole scan)."""
+    write_image(out / REFERENCE_CROP, reference.cropped)
+    write_image(out / REFERENCE_COARSE, reference.coarse)
