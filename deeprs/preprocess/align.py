@@ -97,6 +97,8 @@ class Alignment:
     similarity: float
     flags: list[str] = field(default_factory=list)
     logs: list[tuple[str, str]] = field(default_factory=list)
+    tried: list[str] = field(default_factory=list)
+    """One line per start: its outcome (plausible or why not) and similarity."""
 
 
 def box_centre(image: sitk.Image) -> np.ndarray:
@@ -241,14 +243,16 @@ def align(
     """The plausible affine map from ``fixed`` to ``moving`` points with the best similarity.
 
     ``starts`` defaults to :func:`default_starts`; an implausible result (see
-    :meth:`AffineFigures.problem`) is flagged and never chosen while a plausible one exists.
+    :meth:`AffineFigures.problem`) is never chosen; when every start's is, the rigid result
+    from the start with the best similarity is used and the case is flagged. A start whose
+    registration fails is skipped; when none succeeds, the case is reported (DataError).
     """
     candidates = distinct_starts(starts if starts is not None else default_starts(fixed, moving))
-    tried: list[Alignment] = []
-    flags: list[str] = []
+    outcomes: list[str] = []
     logs: list[tuple[str, str]] = []
 
     def attempt(start: Start, kind: str) -> Alignment | None:
+        label = start.name if kind == "affine" else f"{start.name} ({kind} fallback)"
         try:
             result = registrar.register(
                 fixed,
@@ -259,51 +263,39 @@ def align(
                 transform=kind,
             )
         except DataError as error:
-            flags.append(f"{kind} from start '{start.name}' failed ({error})")
+            outcomes.append(f"{label}: failed ({error})")
             return None
         logs.append((f"{name}: {kind} from start '{start.name}'", result.log))
         transform = _compose(start, result.transform)
-        return Alignment(
+        alignment = Alignment(
             transform,
             AffineFigures.of(transform),
-            start.name if kind == "affine" else f"{start.name} ({kind} fallback)",
+            label,
             result.final_metric,
             similarity(fixed, moving, transform),
         )
+        problem = alignment.figures.problem() if kind == "affine" else None
+        outcomes.append(f"{label}: {problem or 'plausible'}, similarity {alignment.similarity:.4f}")
+        return alignment
 
-    for start in candidates:
-        alignment = attempt(start, "affine")
-        if alignment is not None:
-            tried.append(alignment)
-            if alignment.figures.problem() is not None:
-                log.info(
-                    "case %s: affine from start '%s' is implausible (%s)",
-                    name,
-                    start.name,
-                    alignment.figures.problem(),
-                )
+    tried = [a for a in (attempt(start, "affine") for start in candidates) if a is not None]
     plausible = [a for a in tried if a.figures.problem() is None]
-    implausible = [a for a in tried if a.figures.problem() is not None]
-    if implausible:
-        worst = min(implausible, key=lambda a: abs(np.log(abs(a.figures.determinant) + 1e-9)))
-        flags.append(
-            f"{len(implausible)} of {len(candidates)} affine starts implausible "
-            f"(e.g. '{worst.start}': {worst.figures.problem()})"
-        )
+    flags: list[str] = []
     if plausible:
         chosen: Alignment | None = max(plausible, key=lambda a: a.similarity)
     else:
         best_start = max(candidates, key=lambda s: similarity(fixed, moving, rigid_as_affine(s)))
         chosen = attempt(best_start, "rigid")
-        if chosen is not None:
-            flags.append(f"no plausible affine; rigid from start '{best_start.name}' used")
+        worst = "; ".join(outcomes[: len(candidates)])
+        flags.append(f"no plausible affine ({worst}); rigid from start '{best_start.name}' used")
     if chosen is None:
         raise DataError(
-            f"case '{name}' could not be aligned to the reference: {'; '.join(flags)}; "
+            f"case '{name}' could not be aligned to the reference ({'; '.join(outcomes)}); "
             "check that it shows the same anatomy, or choose another preprocess.reference"
         )
     chosen.flags = flags
     chosen.logs = logs
+    chosen.tried = outcomes
     for flag in flags:
         log.warning("case %s: %s", name, flag)
     return chosen

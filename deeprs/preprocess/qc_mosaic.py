@@ -45,7 +45,6 @@ def write_qc_mosaic(
     shape = ordered[0].image.shape
     extents = _extents(shape, spacing_xyz)
     widths = [extent[1] for extent in extents] * 2
-    heights = [abs(extents[0][2]), extents[1][3]]
     row_height = 1.5
     figure, axes = plt.subplots(
         len(ordered),
@@ -98,7 +97,7 @@ def write_qc_mosaic(
     note = "" if reference_label is not None else " (reference unlabelled: no contours)"
     figure.suptitle(
         f"Each case before and after alignment, reference {reference_id}'s label contours{note}; "
-        f"flagged cases in red; heights {heights[0]:.0f}/{heights[1]:.0f} mm",
+        "flagged cases (see qc.csv) in red",
         fontsize=8,
     )
     figure.tight_layout(rect=(0, 0.5 / (row_height * len(ordered) + 0.8), 1, 0.98))
