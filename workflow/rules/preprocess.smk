@@ -18,6 +18,9 @@ rule preprocess:
         qc=f"{RESULTS}/preprocessed/qc.csv",
         boxes=f"{RESULTS}/preprocessed/crop_boxes.json",
         mosaic=f"{RESULTS}/preprocessed/mosaic.png",
+        plan=f"{RESULTS}/preprocessed/plan.json",
+        reference_crop=f"{RESULTS}/preprocessed/reference/crop.nii.gz",
+        reference_coarse=f"{RESULTS}/preprocessed/reference/coarse.nii.gz",
     params:
         out=f"{RESULTS}/preprocessed",
         data=config["data"],
