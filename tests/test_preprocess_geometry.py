@@ -30,6 +30,7 @@ from deeprs.preprocess import case as case_module
 from deeprs.preprocess.affine import AffineRegistrar
 from deeprs.preprocess.align import Start, default_starts
 from deeprs.preprocess.cohort import preprocess_cohort
+from deeprs.preprocess.plan import prepare_image, preprocessing_plan
 from deeprs.preprocess.settings import PreprocessSettings
 
 ACDC_LABELS = {"rv": 1, "myo": 2, "lv": 3}
@@ -262,4 +263,19 @@ def test_rotated_headers_are_undone_and_a_wild_start_is_caught(
     assert wild_case in manifest["flagged"]
     scores = dice_per_structure(arrays[wild_case], arrays[MOVING], 3)
     assert min(scores) >= 0.95, (scores, wild["flags"], wild["starts_tried"])
-    assert json.loads((tmp_path / "out" / "plan.json").read_text())["reference"] == REFERENCE
+    # Prediction time: the plan brings a new image (here a turned one) to the same arrays.
+    plan = preprocessing_plan(tmp_path / "out")
+    assert plan.reference == REFERENCE
+    turned = "patient901_frame01"
+    prepared = prepare_image(
+        plan,
+        tmp_path / "out",
+        read_volume(folder / "images" / f"{turned}.nii.gz"),
+        "new",
+        registrar,
+        label=read_volume(folder / "labels" / f"{turned}_gt.nii.gz"),
+    )
+    assert min(dice_per_structure(prepared.label, arrays[turned], 3)) >= 0.99
+    assert (
+        np.abs(prepared.image - np.load(tmp_path / "out" / "images" / f"{turned}.npy")).max() < 0.05
+    )
