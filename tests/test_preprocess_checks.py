@@ -83,9 +83,12 @@ def test_affine_figures_flag_collapse_and_stretch() -> None:
     collapsed = sitk.AffineTransform(3)
     collapsed.SetMatrix(np.diag([0.3, 0.4, 0.2]).ravel().tolist())
     assert AffineFigures.of(collapsed).problem().startswith("determinant 0.024")
+    squashed = sitk.AffineTransform(3)
+    squashed.SetMatrix(np.diag([1.0, 1.2, 0.2]).ravel().tolist())
+    assert AffineFigures.of(squashed).problem() == "scales 0.20-1.20"
     stretched = sitk.AffineTransform(3)
-    stretched.SetMatrix(np.diag([1.6, 0.7, 1.0]).ravel().tolist())
-    assert AffineFigures.of(stretched).problem() == "stretch anisotropy 2.29"
+    stretched.SetMatrix(np.diag([2.2, 0.5, 1.0]).ravel().tolist())
+    assert AffineFigures.of(stretched).problem() == "stretch anisotropy 4.40"
 
 
 def test_a_start_absorbed_into_the_header_composes_back_to_one_transform() -> None:
@@ -161,12 +164,13 @@ def test_every_bad_case_is_reported_at_once_before_any_registration(tmp_path: Pa
     with pytest.raises(DataError) as caught:
         check_cohort(cases, LABELS)
     message = str(caught.value)
-    assert message.startswith("3 of 4 cases failed the checks")
-    lines = message.splitlines()[1:]
-    assert len(lines) == 3
-    assert "patient002_frame01_gt.nii.gz' is empty" in lines[0]
-    assert "same voxel grid" in lines[1] and "deeprs fix-label-header" in lines[1]
-    assert "patient004_frame01.nii.gz' cannot be read" in lines[2]
+    assert "\n" not in message
+    head, *items = message.split(" [")
+    assert head == "3 of 4 cases failed the checks; fix them all, then rerun:"
+    assert len(items) == 3
+    assert items[0].startswith("1] label ") and "patient002_frame01_gt.nii.gz' is empty" in items[0]
+    assert "same voxel grid" in items[1] and "deeprs fix-label-header" in items[1]
+    assert "patient004_frame01.nii.gz' cannot be read" in items[2]
 
 
 def _digest(path: Path) -> str:

@@ -89,16 +89,19 @@ def _final_metric(log_text: str) -> float:
 
 
 def _to_sitk_affine(settings: dict[str, tuple[str, ...]]) -> sitk.AffineTransform:
-    """elastix's affine or rigid (Euler) parameter map as the same ``sitk.AffineTransform``.
+    """elastix's affine, rigid (Euler) or translation map as the same ``sitk.AffineTransform``.
 
     Both use ``T(p) = A (p - c) + c + t``: affine parameters are ``A`` row-major, then
-    ``t``; Euler parameters are the angles about x, y, z (ITK's default Z-X-Y order), then ``t``.
+    ``t``; Euler parameters are the angles about x, y, z (ITK's default Z-X-Y order), then ``t``;
+    translation parameters are ``t``.
     """
     kind = settings["Transform"][0]
     values = [float(v) for v in settings["TransformParameters"]]
     center = [float(v) for v in settings["CenterOfRotationPoint"]]
     if kind == "AffineTransform":
         return sitk.AffineTransform(values[:9], values[9:12], center)
+    if kind == "TranslationTransform":
+        return sitk.AffineTransform([1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0], values[:3], (0, 0, 0))
     if kind == "EulerTransform":
         euler = sitk.Euler3DTransform(center, *values[:3], values[3:6])
         return sitk.AffineTransform(euler.GetMatrix(), euler.GetTranslation(), center)
@@ -165,7 +168,7 @@ class AffineRegistrar:
         iterations: int | None = None,
         transform: str = "affine",
     ) -> AffineResult:
-        """The ``transform`` ("affine" or "rigid") taking ``fixed``'s physical points onto ``moving``'s.
+        """The ``transform`` ("affine", "rigid" or "translation") taking ``fixed``'s physical points onto ``moving``'s.
 
         elastix starts from the identity (see :mod:`deeprs.preprocess.align` for starts);
         ``resolutions`` and ``iterations`` override the registrar's defaults for one call.

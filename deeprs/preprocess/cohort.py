@@ -62,11 +62,13 @@ def check_cohort(cohort: Sequence[CaseFiles], labels: dict[str, int]) -> None:
             check_case(files, labels)
         except DataError as error:
             problems.append(str(error))
+    if len(problems) == 1:
+        raise DataError(problems[0])
     if problems:
-        listed = "\n".join(f"  - {problem}" for problem in problems)
+        listed = " ".join(f"[{n}] {problem}" for n, problem in enumerate(problems, start=1))
         raise DataError(
             f"{len(problems)} of {len(cohort)} cases failed the checks; fix them all, then "
-            f"rerun:\n{listed}"
+            f"rerun: {listed}"
         )
     log.info("checked %d cases in %.1f s", len(cohort), time.perf_counter() - started)
 
