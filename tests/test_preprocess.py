@@ -350,3 +350,21 @@ def test_pipeline_writes_the_contract_and_affine_raises_overlap(registrar, cta, 
     assert plan["target_space"] == manifest["target_space"]
     assert (out / plan["reference_crop"]).is_file()
     assert (out / "mosaic.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("kind", ["rigid", "translation"])
+def test_rigid_and_translation_registrations_undo_a_known_motion(registrar, cta, kind) -> None:
+    """The fallbacks of a collapsed affine: a known rotation and shift (or shift) undone."""
+    fixed, fixed_label = cta
+    known = sitk.Euler3DTransform()
+    known.SetCenter(fixed.TransformContinuousIndexToPhysicalPoint([s / 2 for s in fixed.GetSize()]))
+    if kind == "rigid":
+        known.SetRotation(0.0, 0.0, float(np.deg2rad(8)))
+    known.SetTranslation((6.0, -5.0, 4.0))
+    moving = resample_onto(fixed, fixed, known)
+    result = registrar.register(fixed, moving, "cta", transform=kind)
+    errors = [
+        np.linalg.norm(np.subtract(known.TransformPoint(result.transform.TransformPoint(p)), p))
+        for p in box_corners(fixed, label_box(fixed_label, 0.0))
+    ]
+    assert max(errors) < 4.5  # one voxel of the 4.5 mm test grid

@@ -97,15 +97,15 @@ def _to_sitk_affine(settings: dict[str, tuple[str, ...]]) -> sitk.AffineTransfor
     """
     kind = settings["Transform"][0]
     values = [float(v) for v in settings["TransformParameters"]]
+    if kind == "TranslationTransform":
+        return sitk.AffineTransform([1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0], values[:3], (0, 0, 0))
     center = [float(v) for v in settings["CenterOfRotationPoint"]]
     if kind == "AffineTransform":
         return sitk.AffineTransform(values[:9], values[9:12], center)
-    if kind == "TranslationTransform":
-        return sitk.AffineTransform([1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0], values[:3], (0, 0, 0))
     if kind == "EulerTransform":
         euler = sitk.Euler3DTransform(center, *values[:3], values[3:6])
         return sitk.AffineTransform(euler.GetMatrix(), euler.GetTranslation(), center)
-    raise DataError(f"elastix returned a '{kind}', expected an affine or rigid transform")
+    raise DataError(f"elastix returned a '{kind}', expected an affine, rigid or translation")
 
 
 class AffineRegistrar:
