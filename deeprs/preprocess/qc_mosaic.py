@@ -100,7 +100,8 @@ def write_qc_mosaic(
         "flagged cases (see qc.csv) in red",
         fontsize=8,
     )
-    figure.tight_layout(rect=(0, 0.5 / (row_height * len(ordered) + 0.8), 1, 0.98))
+    height = row_height * len(ordered) + 0.8
+    figure.tight_layout(rect=(0, 0.5 / height, 1, 1 - 0.35 / height))
     with atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=80, format="png")
     plt.close(figure)
