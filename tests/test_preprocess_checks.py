@@ -17,6 +17,7 @@ from deeprs.errors import DataError
 from deeprs.preprocess.align import AffineFigures, Start, _absorb, _compose, default_starts
 from deeprs.preprocess.cohort import check_cohort
 from deeprs.preprocess.crop import CropBox, box_corners
+from deeprs.preprocess.qc import consensus_label
 from deeprs.preprocess.space import slice_axis_warning, target_space
 
 LABELS = {"rv": 1, "myo": 2, "lv": 3}
@@ -198,3 +199,10 @@ def test_fix_label_header_copies_the_geometry_and_never_alters_inputs(tmp_path: 
     sitk.WriteImage(other, str(tmp_path / "small.nii.gz"))
     with pytest.raises(DataError, match="not one voxel grid"):
         copy_image_geometry(files.image, tmp_path / "small.nii.gz", tmp_path / "x.nii.gz")
+
+
+def test_consensus_label_is_the_per_voxel_majority() -> None:
+    first = np.array([[0, 1, 2, 2]], np.uint8)
+    second = np.array([[1, 1, 2, 0]], np.uint8)
+    third = np.array([[1, 0, 3, 0]], np.uint8)
+    assert consensus_label([first, second, third], 3).tolist() == [[1, 1, 2, 0]]

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import SimpleITK as sitk
 
 from deeprs.data.ingest import CaseFiles, discover_cases, load_case
@@ -30,7 +31,7 @@ from deeprs.preprocess.affine import AffineRegistrar, ElastixLog
 from deeprs.preprocess.case import CaseOutput, process_case
 from deeprs.preprocess.outputs import write_case_files, write_reference_files
 from deeprs.preprocess.plan import build_plan
-from deeprs.preprocess.qc import log_overlap, qc_table, similarity_outliers
+from deeprs.preprocess.qc import consensus_label, log_overlap, qc_table, similarity_outliers
 from deeprs.preprocess.qc_mosaic import write_qc_mosaic
 from deeprs.preprocess.reference import Reference, build_reference, choose_reference
 from deeprs.preprocess.settings import PreprocessSettings
@@ -157,12 +158,13 @@ def preprocess_cohort(
             "boxes": {o.case_id: o.box for o in outputs},
         },
     )
-    reference_output = next(o for o in outputs if o.case_id == reference.case.id)
+    contour, contour_source = _mosaic_contours(outputs, reference.case.id, n_classes)
     write_qc_mosaic(
         out / "mosaic.png",
         outputs,
         reference.case.id,
-        reference_output.label,
+        contour,
+        contour_source,
         reference.space.spacing_xyz,
         list(settings.labels),
         flagged,
@@ -183,6 +185,22 @@ def preprocess_cohort(
     if flagged:
         log.warning("%d flagged case(s), see qc.csv's flags: %s", len(flagged), ", ".join(flagged))
     return manifest
+
+
+def _mosaic_contours(
+    outputs: Sequence[CaseOutput], reference_id: str, n_classes: int
+) -> tuple[np.ndarray | None, str]:
+    """The reference's label, or the consensus of the aligned labels when it has none."""
+    reference = next(o for o in outputs if o.case_id == reference_id)
+    if reference.label is not None:
+        return reference.label, "contours: the reference's label"
+    labels = [o.label for o in outputs if o.label is not None]
+    if not labels:
+        return None, "no label to draw"
+    return (
+        consensus_label(labels, n_classes),
+        f"contours: consensus of the {len(labels)} aligned labelled cases",
+    )
 
 
 def _manifest_entry(output: CaseOutput) -> dict[str, Any]:

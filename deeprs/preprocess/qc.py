@@ -78,6 +78,14 @@ def mean_pairwise_dice(labels: Mapping[str, np.ndarray], n_classes: int) -> dict
     }
 
 
+def consensus_label(labels: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
+    """Per voxel the class (background included) most of the label maps give it."""
+    votes = np.stack(
+        [np.stack([label == cls for label in labels]).sum(axis=0) for cls in range(n_classes + 1)]
+    )
+    return np.argmax(votes, axis=0).astype(np.uint8)
+
+
 def similarity_outliers(outputs: Sequence[CaseOutput]) -> dict[str, str]:
     """Cases whose similarity to the reference is far below the cohort's, with the figure."""
     scores = {o.case_id: o.alignment.similarity for o in outputs if o.alignment is not None}

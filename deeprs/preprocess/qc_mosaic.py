@@ -2,8 +2,8 @@
 
 One row per case (reference first): the planes through the training grid's centre across
 z, y and x, first placed by the heart box only ("crop only"), then aligned. The reference's
-label is drawn as contours over every panel, so a misaligned case shows anatomy leaving
-the contours. Pixels are drawn at their physical size (mm), with z (the slice axis) up.
+label (for an unlabelled reference: the consensus of the aligned labelled cases) is drawn
+as contours over every panel, so a misaligned case shows anatomy leaving the contours. Pixels are drawn at their physical size (mm), with z (the slice axis) up.
 """
 
 from __future__ import annotations
@@ -35,12 +35,14 @@ def write_qc_mosaic(
     path: str | Path,
     outputs: Sequence[CaseOutput],
     reference_id: str,
-    reference_label: np.ndarray | None,
+    contour_label: np.ndarray | None,
+    contour_source: str,
     spacing_xyz: Sequence[float],
     structure_names: Sequence[str],
     flagged: Sequence[str] = (),
 ) -> None:
-    """Draw the mosaic; ``flagged`` cases get a red title."""
+    """Draw the mosaic with ``contour_label`` (described by ``contour_source``) over every
+    panel; ``flagged`` cases get a red title."""
     ordered = sorted(outputs, key=lambda o: o.case_id != reference_id)
     shape = ordered[0].image.shape
     extents = _extents(shape, spacing_xyz)
@@ -54,7 +56,7 @@ def write_qc_mosaic(
         gridspec_kw={"width_ratios": widths},
     )
     colours = structure_colours(list(structure_names))
-    contour_planes = mid_planes(reference_label) if reference_label is not None else None
+    contour_planes = mid_planes(contour_label) if contour_label is not None else None
     for row, output in enumerate(ordered):
         panels = list(output.planes_before) + list(output.planes_after)
         for column, pixels in enumerate(panels):
@@ -88,15 +90,13 @@ def write_qc_mosaic(
             name, fontsize=6, color="#CC0000" if output.case_id in flagged else "black"
         )
     handles = [
-        plt.Line2D([], [], color=colours[i], label=f"reference {name}")
-        for i, name in enumerate(structure_names)
+        plt.Line2D([], [], color=colours[i], label=name) for i, name in enumerate(structure_names)
     ]
     figure.legend(
         handles=handles, loc="lower center", ncol=len(structure_names), fontsize=7, frameon=False
     )
-    note = "" if reference_label is not None else " (reference unlabelled: no contours)"
     figure.suptitle(
-        f"Each case before and after alignment, reference {reference_id}'s label contours{note}; "
+        f"Each case before and after alignment to {reference_id}, {contour_source}; "
         "flagged cases (see qc.csv) in red",
         fontsize=8,
     )
