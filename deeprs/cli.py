@@ -25,6 +25,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("deeprs.train.cli", "train one method on one fold"),
     "evaluate": ("deeprs.evaluate.cli", "Dice, HD95 and folding of a trained method on a fold"),
     "report": ("deeprs.report.cli", "tables and figures from the metrics"),
+    "overlays": ("deeprs.report.overlays", "Figs. 6-7: one slice per method, Dice per panel"),
+    "export": ("deeprs.inference.export", "model.pt + preprocessing plan -> one model bundle"),
+    "predict": ("deeprs.inference.predict", "label maps of new images on their own grids"),
+    "register": ("deeprs.inference.register", "moved image and label, ITK affine + warp field"),
     "bench": ("deeprs.bench", "time and memory of the training steps, against a reference"),
     "check-config": ("deeprs.config", "validate a config file against the schema"),
 }

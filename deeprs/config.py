@@ -17,7 +17,16 @@ import yaml
 
 from deeprs.errors import ConfigError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+def _schema_path() -> Path:
+    """The checkout's ``workflow/schemas/config.schema.yaml``, or in an installed wheel the
+    copy that setup.py ships as ``deeprs/resources/config.schema.yaml``."""
+    package = Path(__file__).resolve().parent
+    checkout = package.parent / "workflow" / "schemas" / "config.schema.yaml"
+    return checkout if checkout.is_file() else package / "resources" / checkout.name
+
+
+SCHEMA_PATH = _schema_path()
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:

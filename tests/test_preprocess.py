@@ -347,8 +347,10 @@ def test_pipeline_writes_the_contract_and_affine_raises_overlap(registrar, cta, 
         (tmp_path / "elastix.log").read_text()
     )
     plan = json.loads((out / "plan.json").read_text())
-    assert plan["target_space"] == manifest["target_space"]
-    assert (out / plan["reference_crop"]).is_file()
+    space = manifest["target_space"]
+    assert plan["grid"]["size_xyz"] == space["shape_xyz"]
+    assert np.allclose(plan["grid"]["spacing_xyz"], space["spacing_xyz"], rtol=1e-5)
+    assert (out / plan["images"]["reference_cropped"]).is_file()
     assert (out / "mosaic.png").stat().st_size > 0
 
 

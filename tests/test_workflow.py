@@ -1,6 +1,6 @@
 """The whole workflow end to end on `config/smoke.yaml`, as `snakemake reproduce` runs it:
 every method, the ablation and the label-amount study; a second run does nothing; one fold
-reruns alone; and the demo preset plans every (method, fold) job."""
+reruns alone; the demo preset plans every (method, fold) job in a results folder of its own."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_every_method_and_study_has_metrics_and_the_report_is_written(smoke_run:
     from deeprs.config import validate_config
 
     config = validate_config(config)
-    results = smoke_run / "results"
+    results = smoke_run / config["results"]
     methods = dict.fromkeys(config["methods"] + config["ablation"])
     for method in methods:
         for fold in range(config["folds"]["n_folds"]):
@@ -70,12 +70,25 @@ def test_second_run_does_nothing(smoke_run: Path) -> None:
 
 
 def test_single_fold_rerun_rebuilds_that_fold_only(smoke_run: Path) -> None:
-    target = "results/deeprs/fold_1/metrics.csv"
+    target = "results/smoke/deeprs/fold_1/metrics.csv"
     rerun = snakemake(smoke_run, SMOKE, "-n", "--forcerun", "train", "--", target)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert planned_jobs(rerun.stdout) == Counter({"train": 1, "evaluate": 1})
-    assert "results/deeprs/fold_1/model.pt" in rerun.stdout
+    assert "results/smoke/deeprs/fold_1/model.pt" in rerun.stdout
     assert "fold_0" not in rerun.stdout
+
+
+def test_presets_write_to_their_own_results_folders(smoke_run: Path) -> None:
+    """After the smoke study, the demo preset plans its own phantom and preprocessing under
+    results/demo and names nothing of results/smoke; the smoke study stays complete."""
+    demo = snakemake(smoke_run, DEMO, "-n", "reproduce")
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    jobs = planned_jobs(demo.stdout)
+    assert jobs["phantom"] == 1 and jobs["preprocess"] == 1
+    assert "results/demo/preprocessed/manifest.json" in demo.stdout
+    assert "results/smoke" not in demo.stdout and "logs/smoke" not in demo.stdout
+    again = snakemake(smoke_run, SMOKE, "-n", "reproduce")
+    assert "Nothing to be done" in again.stdout + again.stderr
 
 
 def test_demo_preset_plans_every_method_fold_and_label_study_job(tmp_path: Path) -> None:
@@ -100,4 +113,4 @@ def test_demo_preset_plans_every_method_fold_and_label_study_job(tmp_path: Path)
     )
     for method in trained:
         for fold in range(folds["n_folds"]):
-            assert f"results/{method}/fold_{fold}/model.pt" in dry.stdout
+            assert f"results/demo/{method}/fold_{fold}/model.pt" in dry.stdout

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from tqdm import tqdm
 
 from deeprs.data.geometry import Grid
 from deeprs.data.mosaic import write_mosaic
@@ -31,6 +30,7 @@ from deeprs.data.render import render
 from deeprs.data.subject import MMWHS_LABELS, draw_subject
 from deeprs.errors import ConfigError
 from deeprs.io import atomic_path
+from deeprs.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def generate_cohort(out_dir: Path, settings: CohortSettings, workers: int = 1) -
         out_dir,
     )
     started = time.perf_counter()
-    progress = tqdm(total=len(cases), desc="phantom", unit="case")
+    progress = Progress(len(cases), "phantom", unit="case")
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             for _ in pool.map(write_case, cases, [grid] * len(cases), [settings.seed] * len(cases)):

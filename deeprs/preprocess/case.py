@@ -26,6 +26,7 @@ from deeprs.preprocess.align import (
     turned_starts,
 )
 from deeprs.preprocess.crop import CropBox, box_corners, clip_box, crop, expand_box, label_box
+from deeprs.preprocess.plan import AlignmentTarget
 from deeprs.preprocess.reference import Reference, carry_box, working_spacing
 from deeprs.preprocess.resample import (
     box_grid_at_spacing,
@@ -83,10 +84,10 @@ def crop_only_transform(reference_corners: np.ndarray, case_corners: np.ndarray)
     return sitk.TranslationTransform(3, [float(v) for v in shift])
 
 
-def moving_context(case: Case, box: CropBox, reference: Reference) -> sitk.Image:
+def moving_context(case: Case, box: CropBox, grid: sitk.Image) -> sitk.Image:
     """The case's heart box grown by :data:`MOVING_CONTEXT`, padded, at the working spacing."""
     context_box = expand_box(box, MOVING_CONTEXT)
-    context = box_grid_at_spacing(case.image, context_box, working_spacing(reference.space))
+    context = box_grid_at_spacing(case.image, context_box, working_spacing(grid))
     inside = crop(case.image, clip_box(case.image, context_box))
     return resample_onto(resample_to_spacing(inside, context.GetSpacing()), context)
 
@@ -122,10 +123,12 @@ def process_case(
     elif case.label is not None:
         box, source = label_box(case.label, settings.crop_margin_mm, case.id), "label"
     else:
-        box, carry = carry_box(registrar, reference, case, elastix_log)
+        box, carry = carry_box(
+            registrar, reference.target, case, elastix_log, reference.case.scan_axes
+        )
         source = f"carried from {reference.case.id}"
     if not is_reference:
-        moving = moving_context(case, box, reference)
+        moving = moving_context(case, box, reference.grid)
         starts = default_starts(reference.cropped, moving, reference.case.scan_axes, case.scan_axes)
         if more_starts:
             starts = turned_starts(starts, box_centre(reference.cropped))
@@ -175,4 +178,51 @@ def process_case(
         planes_after=mid_planes(image),
         seconds=seconds,
         flags=flags,
+    )
+
+
+@dataclass(frozen=True)
+class CaseAlignment:
+    """A new image's heart box (and where it came from) and its map onto the training grid.
+
+    ``affine`` maps grid (reference) points to the image's points; ``carry_metric`` is NaN
+    when the box came from the image's own label; ``flags`` as in ``qc.csv``.
+    """
+
+    box: CropBox
+    source: str
+    affine: sitk.AffineTransform
+    final_metric: float
+    carry_metric: float
+    flags: tuple[str, ...] = ()
+
+
+def align_case(
+    case: Case,
+    target: AlignmentTarget,
+    registrar: AffineRegistrar,
+    crop_margin_mm: float,
+    elastix_log: ElastixLog | None = None,
+) -> CaseAlignment:
+    """Heart box (own label, else carried from the reference) and the multi-start alignment
+    onto ``target``: what ``deeprs predict``/``register`` do to a new image."""
+    elastix_log = elastix_log or ElastixLog(None)
+    carry = None
+    if case.label is not None:
+        box, source = label_box(case.label, crop_margin_mm, case.id), "label"
+    else:
+        box, carry = carry_box(registrar, target, case, elastix_log)
+        source = f"carried from {target.reference_id}"
+    moving = moving_context(case, box, target.grid)
+    alignment = align(
+        registrar, target.cropped, moving, case.id, default_starts(target.cropped, moving)
+    )
+    elastix_log.add_all(alignment.logs)
+    return CaseAlignment(
+        box,
+        source,
+        alignment.transform,
+        alignment.elastix_metric,
+        carry.elastix_metric if carry else float("nan"),
+        tuple((carry.flags if carry else []) + alignment.flags),
     )

@@ -29,8 +29,8 @@ from deeprs.errors import DataError
 from deeprs.io import write_json, write_text
 from deeprs.preprocess.affine import AffineRegistrar, ElastixLog
 from deeprs.preprocess.case import CaseOutput, process_case
-from deeprs.preprocess.outputs import write_case_files, write_reference_files
-from deeprs.preprocess.plan import build_plan
+from deeprs.preprocess.outputs import write_case_files
+from deeprs.preprocess.plan import preprocess_plan, write_plan
 from deeprs.preprocess.qc import consensus_label, log_overlap, qc_table, similarity_outliers
 from deeprs.preprocess.qc_mosaic import write_qc_mosaic
 from deeprs.preprocess.reference import Reference, build_reference, choose_reference
@@ -169,8 +169,7 @@ def preprocess_cohort(
         list(settings.labels),
         flagged,
     )
-    write_reference_files(out, reference)
-    write_json(out / "plan.json", build_plan(reference, settings).to_json())
+    write_plan(out, preprocess_plan(settings, reference.target))
     manifest = {
         "labels": {name: index for index, name in enumerate(settings.labels, start=1)},
         "target_shape_xyz": list(settings.target_shape_xyz),

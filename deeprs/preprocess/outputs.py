@@ -1,8 +1,7 @@
 """Files of the preprocessing step, each written atomically.
 
 Per case: ``images/{id}.npy`` (float32 (z, y, x) in [0, 1]), ``labels/{id}.npy`` (uint8
-classes) and viewable NIfTI copies on the training grid in ``nifti/``. For prediction
-time: the reference's working images in ``reference/`` (see :mod:`deeprs.preprocess.plan`).
+classes) and viewable NIfTI copies on the training grid in ``nifti/``.
 """
 
 from __future__ import annotations
@@ -14,10 +13,6 @@ import SimpleITK as sitk
 
 from deeprs.io import atomic_path
 from deeprs.preprocess.case import CaseOutput
-from deeprs.preprocess.reference import Reference
-
-REFERENCE_CROP = "reference/crop.nii.gz"
-REFERENCE_COARSE = "reference/coarse.nii.gz"
 
 
 def write_image(path: Path, image: sitk.Image) -> None:
@@ -36,9 +31,3 @@ def write_case_files(out: Path, output: CaseOutput, grid: sitk.Image) -> None:
         viewable = sitk.GetImageFromArray(array)
         viewable.CopyInformation(grid)
         write_image(out / "nifti" / f"{output.case_id}_{kind}.nii.gz", viewable)
-
-
-def write_reference_files(out: Path, reference: Reference) -> None:
-    """The fixed images a new case is aligned to (fine crop, coarse whole scan)."""
-    write_image(out / REFERENCE_CROP, reference.cropped)
-    write_image(out / REFERENCE_COARSE, reference.coarse)

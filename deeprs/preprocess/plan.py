@@ -1,159 +1,142 @@
-"""The preprocessing plan: everything a new image needs to land on the training grid.
+"""The preprocessing plan: everything needed to bring a new image into the training space.
 
-``plan.json`` (written by ``deeprs preprocess``) holds the crop rule and margin, the
-reference's heart box and working images, the target space and the intensity scaling.
-:func:`preprocessing_plan` reads it back; :func:`prepare_image` applies it to one new
-image (prediction time) with the same functions the cohort run used.
+A trained network only understands images cropped, aligned and scaled exactly as its
+training cohort was. :func:`preprocess_plan` gathers that recipe in one dictionary (the
+settings, the reference's heart box, the target grid and the two reference images the
+alignment registers to), so that prediction (``deeprs predict``) replays the steps of
+``deeprs preprocess`` with this module's own functions instead of copies of them.
+
+On disk (``results/preprocessed/plan.json``) the images are written beside the JSON as
+MetaImage files, which keep the geometry in full precision and open in 3D Slicer.
+Extend the plan here, in one place: every consumer reads the dictionary.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
 
-from deeprs.data.ingest import Case, canonical
 from deeprs.errors import DataError
-from deeprs.io import read_json
-from deeprs.preprocess.affine import AffineRegistrar, ElastixLog
-from deeprs.preprocess.case import CaseOutput, process_case
-from deeprs.preprocess.crop import enclosing_box
-from deeprs.preprocess.reference import Reference
-from deeprs.preprocess.settings import PreprocessSettings
-from deeprs.preprocess.space import TargetSpace
+from deeprs.io import atomic_path, read_json, write_json
 
-CROP_RULE = (
-    "labelled case: bounding box of its label plus margin_mm per side; unlabelled case: "
-    "the reference's heart box carried into it by a coarse affine registration"
-)
+if TYPE_CHECKING:
+    from deeprs.preprocess.settings import PreprocessSettings
+
+PLAN_VERSION = 1
+"""Raised whenever the meaning of a plan entry changes; readers refuse other versions."""
+
+PLAN_FILE = "plan.json"
+PLAN_IMAGES = ("reference_cropped", "reference_coarse")
 
 
 @dataclass(frozen=True)
-class PreprocessingPlan:
-    """What a new image needs: crop rule, reference geometry, target space, intensities."""
+class AlignmentTarget:
+    """What every case is aligned to: the reference's heart box, grid and working images.
 
-    reference: str
-    reference_scan_axes: tuple[float, ...]
-    crop_rule: str
-    margin_mm: float
-    reference_box_corners_mm: list[list[float]]
-    reference_crop: str
-    reference_coarse: str
-    target_space: TargetSpace
-    modality: str
-    ct_window: tuple[float, float]
-    mri_percentiles: tuple[float, float]
-    labels: dict[str, int]
+    ``box_corners_mm`` are the eight physical corners of the reference's heart box,
+    ``grid`` the empty target grid (training arrays live on it), ``cropped`` the heart box
+    at the grid's spacing (fixed image of the fine affine) and ``coarse`` the whole
+    reference at a coarse spacing (fixed image when a heart box is carried to a case).
+    """
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "reference": self.reference,
-            "reference_scan_axes": [round(float(v), 8) for v in self.reference_scan_axes],
-            "crop_rule": self.crop_rule,
-            "margin_mm": self.margin_mm,
-            "reference_box_corners_mm": self.reference_box_corners_mm,
-            "reference_crop": self.reference_crop,
-            "reference_coarse": self.reference_coarse,
-            "target_space": self.target_space.to_json(),
-            "intensity": {
-                "modality": self.modality,
-                "ct_window": list(self.ct_window),
-                "mri_percentiles": list(self.mri_percentiles),
-            },
-            "labels": self.labels,
-        }
+    reference_id: str
+    box_corners_mm: np.ndarray
+    grid: sitk.Image
+    cropped: sitk.Image
+    coarse: sitk.Image
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PreprocessingPlan:
-        intensity = data["intensity"]
-        return cls(
-            data["reference"],
-            tuple(float(v) for v in data["reference_scan_axes"]),
-            data["crop_rule"],
-            float(data["margin_mm"]),
-            data["reference_box_corners_mm"],
-            data["reference_crop"],
-            data["reference_coarse"],
-            TargetSpace.from_json(data["target_space"]),
-            intensity["modality"],
-            tuple(intensity["ct_window"]),  # type: ignore[arg-type]
-            tuple(intensity["mri_percentiles"]),  # type: ignore[arg-type]
-            dict(data["labels"]),
+
+def grid_geometry(image: sitk.Image) -> dict[str, list[float] | list[int]]:
+    """Size, spacing, origin and direction of an image as plain lists (x, y, z order)."""
+    return {
+        "size_xyz": [int(v) for v in image.GetSize()],
+        "spacing_xyz": [float(v) for v in image.GetSpacing()],
+        "origin_xyz": [float(v) for v in image.GetOrigin()],
+        "direction": [float(v) for v in image.GetDirection()],
+    }
+
+
+def empty_grid(geometry: dict[str, Any]) -> sitk.Image:
+    """The empty uint8 image of :func:`grid_geometry`'s output."""
+    grid = sitk.Image([int(v) for v in geometry["size_xyz"]], sitk.sitkUInt8)
+    grid.SetSpacing([float(v) for v in geometry["spacing_xyz"]])
+    grid.SetOrigin([float(v) for v in geometry["origin_xyz"]])
+    grid.SetDirection([float(v) for v in geometry["direction"]])
+    return grid
+
+
+def preprocess_plan(settings: PreprocessSettings, target: AlignmentTarget) -> dict[str, Any]:
+    """The plan of a preprocessed cohort; ``images`` holds SimpleITK images, the rest is JSON."""
+    return {
+        "plan_version": PLAN_VERSION,
+        "modality": settings.modality,
+        "labels": dict(settings.labels),
+        "crop_margin_mm": settings.crop_margin_mm,
+        "target_shape_xyz": list(settings.target_shape_xyz),
+        "ct_window": list(settings.ct_window),
+        "mri_percentiles": list(settings.mri_percentiles),
+        "reference": {
+            "id": target.reference_id,
+            "box_corners_mm": np.asarray(target.box_corners_mm, dtype=float).tolist(),
+        },
+        "grid": grid_geometry(target.grid),
+        "images": {"reference_cropped": target.cropped, "reference_coarse": target.coarse},
+    }
+
+
+def alignment_target(plan: dict[str, Any]) -> AlignmentTarget:
+    """The :class:`AlignmentTarget` a plan describes."""
+    return AlignmentTarget(
+        reference_id=plan["reference"]["id"],
+        box_corners_mm=np.asarray(plan["reference"]["box_corners_mm"], dtype=float),
+        grid=empty_grid(plan["grid"]),
+        cropped=plan["images"]["reference_cropped"],
+        coarse=plan["images"]["reference_coarse"],
+    )
+
+
+def write_plan(folder: str | Path, plan: dict[str, Any]) -> Path:
+    """``plan.json`` and one ``plan_<name>.mha`` per image in ``folder``; returns the JSON path."""
+    folder = Path(folder)
+    files = {}
+    for name, image in plan["images"].items():
+        files[name] = f"plan_{name}.mha"
+        with atomic_path(folder / files[name]) as temporary:
+            sitk.WriteImage(image, str(temporary), useCompression=True)
+    write_json(folder / PLAN_FILE, {**plan, "images": files})
+    return folder / PLAN_FILE
+
+
+def check_plan_version(plan: dict[str, Any], source: str | Path) -> None:
+    version = plan.get("plan_version") if isinstance(plan, dict) else None
+    if version != PLAN_VERSION:
+        raise DataError(
+            f"'{source}' holds a preprocessing plan of version {version}, but this deeprs "
+            f"reads version {PLAN_VERSION}; rerun the preprocessing step with this version"
         )
 
 
-def build_plan(reference: Reference, settings: PreprocessSettings) -> PreprocessingPlan:
-    from deeprs.preprocess.outputs import REFERENCE_COARSE, REFERENCE_CROP
-
-    return PreprocessingPlan(
-        reference.case.id,
-        reference.case.scan_axes,
-        CROP_RULE,
-        settings.crop_margin_mm,
-        [[round(float(v), 4) for v in corner] for corner in reference.corners],
-        REFERENCE_CROP,
-        REFERENCE_COARSE,
-        reference.space,
-        settings.modality,
-        settings.ct_window,
-        settings.mri_percentiles,
-        dict(settings.labels),
-    )
-
-
-def preprocessing_plan(preprocessed: str | Path) -> PreprocessingPlan:
-    """The plan of a preprocessed folder (e.g. ``results/preprocessed``)."""
-    path = Path(preprocessed) / "plan.json"
-    if not path.is_file():
-        raise DataError(f"'{path}' does not exist; run `deeprs preprocess` first")
-    return PreprocessingPlan.from_json(read_json(path))
-
-
-def prepare_image(
-    plan: PreprocessingPlan,
-    preprocessed: str | Path,
-    image: sitk.Image,
-    case_id: str,
-    registrar: AffineRegistrar,
-    label: sitk.Image | None = None,
-) -> CaseOutput:
-    """One new image (and optionally its label, classes 0..K) on the training grid.
-
-    ``image`` is any 3-D scan; it is reoriented to LPS like every cohort case. The
-    returned output holds the float32 image array, the alignment and its flags.
-    """
-    folder = Path(preprocessed)
-    cropped = sitk.ReadImage(str(folder / plan.reference_crop))
-    coarse = sitk.ReadImage(str(folder / plan.reference_coarse))
-    corners = np.asarray(plan.reference_box_corners_mm)
-    # The reference's heart box, held as a stand-in image whose voxel box is the whole grid.
-    stand_in = plan.target_space.grid()
-    reference = Reference(
-        case=Case(plan.reference, plan.reference, stand_in, None, plan.reference_scan_axes),
-        box=enclosing_box(stand_in, corners),
-        box_source="plan",
-        space=plan.target_space,
-        cropped=cropped,
-        coarse=coarse,
-    )
-    settings = PreprocessSettings(
-        data_dir=folder,
-        layout="-",
-        modality=plan.modality,
-        labels=plan.labels,
-        crop_margin_mm=plan.margin_mm,
-        target_shape_xyz=plan.target_space.shape_xyz,
-        ct_window=plan.ct_window,
-        mri_percentiles=plan.mri_percentiles,
-    )
-    case = Case(
-        case_id,
-        case_id,
-        canonical(sitk.Cast(image, sitk.sitkFloat32)),
-        canonical(label) if label is not None else None,
-        image.GetDirection(),
-    )
-    return process_case(case, reference, settings, registrar, ElastixLog(None))
+def read_plan(path: str | Path) -> dict[str, Any]:
+    """The plan written by :func:`write_plan`, with its images read back."""
+    path = Path(path)
+    try:
+        plan = read_json(path)
+    except FileNotFoundError:
+        raise DataError(f"plan '{path}' does not exist; rerun the preprocessing step") from None
+    except ValueError as error:
+        raise DataError(f"plan '{path}' is not valid JSON ({error})") from None
+    check_plan_version(plan, path)
+    images = {}
+    for name in PLAN_IMAGES:
+        image_path = path.parent / plan["images"][name]
+        if not image_path.is_file():
+            raise DataError(
+                f"plan '{path}' needs '{image_path}', which is missing; rerun the "
+                "preprocessing step"
+            )
+        images[name] = sitk.ReadImage(str(image_path))
+    return {**plan, "images": images}

@@ -20,6 +20,7 @@ from deeprs.errors import ConfigError
 from deeprs.preprocess.affine import AffineRegistrar, ElastixLog, resample_to_spacing
 from deeprs.preprocess.align import Alignment, align, default_starts
 from deeprs.preprocess.crop import CropBox, box_corners, crop, enclosing_box, label_box
+from deeprs.preprocess.plan import AlignmentTarget
 from deeprs.preprocess.resample import resample_onto
 from deeprs.preprocess.settings import PreprocessSettings
 from deeprs.preprocess.space import TargetSpace, target_space
@@ -52,6 +53,11 @@ class Reference:
         """The heart box's eight physical corners (mm)."""
         return box_corners(self.case.image, self.box)
 
+    @property
+    def target(self) -> AlignmentTarget:
+        """What new images align to (see :mod:`deeprs.preprocess.plan`)."""
+        return AlignmentTarget(self.case.id, self.corners, self.grid, self.cropped, self.coarse)
+
 
 def choose_reference(cases: Sequence[CaseFiles], requested: str) -> CaseFiles:
     """The named case, or for ``auto`` the first unlabelled case (the first case if none)."""
@@ -72,13 +78,16 @@ def coarse(image: sitk.Image) -> sitk.Image:
     return resample_to_spacing(image, np.full(3, CARRY_SPACING_MM))
 
 
-def working_spacing(space: TargetSpace) -> np.ndarray:
+def working_spacing(grid: sitk.Image) -> np.ndarray:
     """Registration spacing: the target grid's finest spacing on every axis (never upsampled)."""
-    return np.full(3, min(space.spacing_xyz))
+    return np.full(3, min(grid.GetSpacing()))
 
 
 def coarse_alignment(
-    registrar: AffineRegistrar, fixed: sitk.Image, fixed_case: Case, moving_case: Case
+    registrar: AffineRegistrar,
+    fixed: sitk.Image,
+    fixed_scan_axes: Sequence[float] | None,
+    moving_case: Case,
 ) -> Alignment:
     """Whole-scan alignment at the coarse spacing (box carrying and heart-mask voting)."""
     moving = coarse(moving_case.image)
@@ -87,7 +96,7 @@ def coarse_alignment(
         fixed,
         moving,
         moving_case.id,
-        default_starts(fixed, moving, fixed_case.scan_axes, moving_case.scan_axes),
+        default_starts(fixed, moving, fixed_scan_axes, moving_case.scan_axes),
         resolutions=CARRY_RESOLUTIONS,
         iterations=CARRY_ITERATIONS,
     )
@@ -95,15 +104,16 @@ def coarse_alignment(
 
 def carry_box(
     registrar: AffineRegistrar,
-    reference: Reference,
+    target: AlignmentTarget,
     case: Case,
     elastix_log: ElastixLog,
+    target_scan_axes: Sequence[float] | None = None,
 ) -> tuple[CropBox, Alignment]:
     """The reference's heart box mapped into an unlabelled case by a coarse alignment."""
-    alignment = coarse_alignment(registrar, reference.coarse, reference.case, case)
+    alignment = coarse_alignment(registrar, target.coarse, target_scan_axes, case)
     elastix_log.add_all(alignment.logs)
     mapped = np.array(
-        [alignment.transform.TransformPoint([float(v) for v in c]) for c in reference.corners]
+        [alignment.transform.TransformPoint([float(v) for v in c]) for c in target.box_corners_mm]
     )
     return enclosing_box(case.image, mapped), alignment
 
@@ -132,7 +142,7 @@ def _majority_heart_box(
         )
     for files in labelled_cases:
         labelled = load_case(files, settings.labels)
-        alignment = coarse_alignment(registrar, case_coarse, case, labelled)
+        alignment = coarse_alignment(registrar, case_coarse, case.scan_axes, labelled)
         elastix_log.add_all(alignment.logs)
         mask = sitk.Cast(labelled.label > 0, sitk.sitkUInt8)
         warped = resample_onto(mask, case_coarse, alignment.transform, is_label=True)
@@ -161,7 +171,7 @@ def build_reference(
             case, case_coarse, cohort, settings, registrar, elastix_log
         )
     space = target_space(case.image, box, settings.target_shape_xyz)
-    cropped = resample_to_spacing(crop(case.image, box), working_spacing(space))
+    cropped = resample_to_spacing(crop(case.image, box), working_spacing(space.grid()))
     log.info(
         "reference %s: box %s + %s (%s); target grid %s voxels of %s mm",
         case.id,

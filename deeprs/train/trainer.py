@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from deeprs import perf
 from deeprs.data.cases import Manifest, Split
@@ -28,6 +27,7 @@ from deeprs.errors import DeeprsError
 from deeprs.io import remove_stale_temporaries
 from deeprs.methods import MethodSpec
 from deeprs.nets import build_network
+from deeprs.progress import Progress
 from deeprs.train import checkpoint as ckpt
 from deeprs.train.augment import augment_pair
 from deeprs.train.history import empty_row, plot_losses, write_losses_csv
@@ -360,15 +360,8 @@ def train(
             start,
         )
     began = time.perf_counter()
-    progress = tqdm(
-        range(start, settings.iterations),
-        initial=start,
-        total=settings.iterations,
-        desc=f"{method.name} {split.name}",
-        mininterval=2.0,
-        dynamic_ncols=True,
-    )
-    for iteration in progress:
+    progress = Progress(settings.iterations, f"train {method.name} {split.name}", initial=start)
+    for iteration in range(start, settings.iterations):
         try:
             row = run.iterate(iteration)
         except NonFiniteLossError as error:
@@ -382,7 +375,7 @@ def train(
                 f"{error}; {kept}; lower train.lr or check the input images"
             ) from None
         run.history.append(row)
-        progress.set_postfix(_describe(row), refresh=False)
+        progress.update(values=_describe(row))
         done = iteration + 1
         if done % settings.checkpoint_every == 0 and done < settings.iterations:
             ckpt.save_atomic(run.state(done), checkpoint_path)

@@ -15,6 +15,8 @@ rule bench:
         gpu=training_gpus(),
     log:
         f"{LOGS}/bench.log",
+    conda:
+        "../envs/deeprs.yaml"
     shell:
         "deeprs bench --device {params.device} --sizes {params.sizes} --threads {threads}"
         " --out {output:q} > {log:q} 2>&1"

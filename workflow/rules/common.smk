@@ -1,6 +1,7 @@
 # Paths, wildcard constraints and input functions shared by the rule files.
 from pathlib import Path
 
+from deeprs.data.ingest import IMAGE_SUFFIXES
 from deeprs.methods import METHODS, get_method
 
 RESULTS = config["results"]
@@ -88,4 +89,27 @@ def reproduce_targets():
     targets += [f"{RESULTS}/preprocessed/{name}" for name in ("manifest.json", "qc.csv", "mosaic.png")]
     targets += [f"{RESULTS}/splits/{name}.json" for name in split_names()]
     targets += report_targets()  # defined in report.smk
+    targets += predict_targets()  # defined in predict.smk
     return targets
+
+
+# Applying trained models (predict.smk).
+PREDICT = config["predict"]
+
+
+def predict_images():
+    """The image files of predict.images (none while it is null)."""
+    if PREDICT["images"] is None:
+        return []
+    folder = Path(PREDICT["images"])
+    if not folder.is_dir():
+        sys.exit(f"deeprs: config key 'predict.images': folder '{folder}' does not exist")
+    images = sorted(p for p in folder.iterdir() if p.name.endswith(IMAGE_SUFFIXES) and not p.name.startswith("."))
+    if not images:
+        sys.exit(f"deeprs: config key 'predict.images': folder '{folder}' holds no NIfTI/MHA/NRRD image")
+    return images
+
+
+def predict_targets():
+    """One label map per image in results/predictions/<method>/, named as the image."""
+    return [f"{RESULTS}/predictions/{PREDICT['method']}/{image.name}" for image in predict_images()]

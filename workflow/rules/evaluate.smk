@@ -22,6 +22,8 @@ rule evaluate:
         gpu=lambda wildcards: training_gpus() if get_method(method_of_run(wildcards.run)).trains else 0,
     log:
         f"{LOGS}/{{run}}/{{split}}/evaluate.log",
+    conda:
+        "../envs/deeprs.yaml"
     shell:
         "deeprs evaluate --method {params.method} --split {input.split:q}"
         " --manifest {input.manifest:q} {params.model} --out {output:q}"

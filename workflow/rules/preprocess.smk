@@ -19,17 +19,20 @@ rule preprocess:
         boxes=f"{RESULTS}/preprocessed/crop_boxes.json",
         mosaic=f"{RESULTS}/preprocessed/mosaic.png",
         plan=f"{RESULTS}/preprocessed/plan.json",
-        reference_crop=f"{RESULTS}/preprocessed/reference/crop.nii.gz",
-        reference_coarse=f"{RESULTS}/preprocessed/reference/coarse.nii.gz",
+        plan_images=multiext(f"{RESULTS}/preprocessed/plan_", "reference_cropped.mha", "reference_coarse.mha"),
     params:
-        out=f"{RESULTS}/preprocessed",
+        out=lambda wildcards, output: Path(output.manifest).parent,
         data=config["data"],
         labels=" ".join(f"{name}={value}" for name, value in config["data"]["labels"].items()),
         settings=config["preprocess"],
-    threads: min(4, workflow.cores)
+    # Snakemake lowers it to --cores when fewer are given; a fixed number (not one derived
+    # from workflow.cores) lets --report, --unlock and --lint run without --cores.
+    threads: 4
     log:
         main=f"{LOGS}/preprocess.log",
         elastix=f"{LOGS}/preprocess_elastix.log",
+    conda:
+        "../envs/deeprs.yaml"
     shell:
         "deeprs preprocess --out {params.out:q} --threads {threads}"
         " --data-dir {params.data[dir]:q} --layout {params.data[layout]}"

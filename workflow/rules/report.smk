@@ -90,7 +90,8 @@ rule report:
         per_fold_html=report(f"{REPORT_DIR}/per_fold.html", caption="../report/per_fold.rst", category="1. Tables", subcategory="4. Per fold"),
         per_fold=report(f"{REPORT_DIR}/per_fold.csv", caption="../report/per_fold.rst", category="1. Tables", subcategory="4. Per fold"),
     params:
-        results=RESULTS,
+        # The results folder holds the report folder.
+        results=lambda wildcards, output: Path(output.per_fold).parents[1],
         out=lambda wildcards, output: Path(output.per_fold).parent,
         preprocessed=lambda wildcards, input: Path(input.qc).parent,
         methods=" ".join(config["methods"]),
@@ -102,6 +103,8 @@ rule report:
         repeats=config["folds"]["label_amount_repeats"],
     log:
         f"{LOGS}/report.log",
+    conda:
+        "../envs/deeprs.yaml"
     shell:
         "deeprs report --results {params.results:q} --out {params.out:q} --replace-study-report"
         " --preprocessed {params.preprocessed:q}"
@@ -111,7 +114,7 @@ rule report:
 
 
 rule overlays:
-    """One slice per method of a test pair (Fig. 6) and a test image (Fig. 7), from the models."""
+    """One slice per method of a test pair (Fig. 6) and a test image (Fig. 7), the scored predictions with their Dice."""
     input:
         manifest=f"{RESULTS}/preprocessed/manifest.json",
         split=f"{RESULTS}/splits/{OVERLAY_SPLIT}.json",
@@ -124,14 +127,17 @@ rule overlays:
             f"{REPORT_DIR}/overlays_segmentation.png", caption="../report/overlays_segmentation.rst", category="2. Figures", subcategory="3. Overlays (Figs. 6-7)"
         ),
     params:
-        results=RESULTS,
+        results=lambda wildcards, output: Path(output.registration).parents[1],
         out=lambda wildcards, output: Path(output.registration).parent,
         methods=" ".join(config["methods"]),
         device=config["train"]["device"],
+        precision=cpu_bf16_flag(),
     threads: config["train"]["threads"]
     log:
         f"{LOGS}/overlays.log",
+    conda:
+        "../envs/deeprs.yaml"
     shell:
-        "python -m deeprs.report.overlays --manifest {input.manifest:q} --split {input.split:q}"
+        "deeprs overlays --manifest {input.manifest:q} --split {input.split:q}"
         " --results {params.results:q} --methods {params.methods} --out-dir {params.out:q}"
-        " --device {params.device} --threads {threads} > {log:q} 2>&1"
+        " --device {params.device} {params.precision} --threads {threads} > {log:q} 2>&1"

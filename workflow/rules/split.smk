@@ -8,11 +8,13 @@ rule split:
     output:
         [f"{RESULTS}/splits/{name}.json" for name in split_names()],
     params:
-        out=f"{RESULTS}/splits",
+        out=lambda wildcards, output: Path(output[0]).parent,
         folds=config["folds"],
         seed=config["seed"],
     log:
         f"{LOGS}/split.log",
+    conda:
+        "../envs/deeprs.yaml"
     shell:
         "deeprs split --manifest {input.manifest:q} --out {params.out:q}"
         " --n-folds {params.folds[n_folds]}"

@@ -50,6 +50,8 @@ rule train:
         gpu=training_gpus(),
     log:
         f"{LOGS}/{{run}}/{{split}}/train.log",
+    conda:
+        "../envs/deeprs.yaml"
     shell:
         "deeprs train --method {params.method} --manifest {input.manifest:q}"
         " --split {input.split:q} --out-dir {params.out_dir:q}"
