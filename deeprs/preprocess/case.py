@@ -214,9 +214,8 @@ def align_case(
         box, carry = carry_box(registrar, target, case, elastix_log)
         source = f"carried from {target.reference_id}"
     moving = moving_context(case, box, target.grid)
-    alignment = align(
-        registrar, target.cropped, moving, case.id, default_starts(target.cropped, moving)
-    )
+    starts = default_starts(target.cropped, moving, None, case.scan_axes)
+    alignment = align(registrar, target.cropped, moving, case.id, starts)
     elastix_log.add_all(alignment.logs)
     return CaseAlignment(
         box,
