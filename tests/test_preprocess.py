@@ -272,7 +272,7 @@ def test_carried_box_contains_the_moved_heart(registrar, cta) -> None:
         coarse(fixed),
     )
     carried, alignment = carry_box(
-        registrar, reference, Case("copy", "copy", moving, None), ElastixLog(None)
+        registrar, reference.target, Case("copy", "copy", moving, None), ElastixLog(None)
     )
     z, y, x = np.nonzero(hidden_label)
     assert carried.contains_index(np.stack([x, y, z], axis=1)).all()
