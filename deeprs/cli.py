@@ -17,7 +17,11 @@ from deeprs.errors import DeeprsError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "phantom": ("deeprs.phantom.cli", "generate the synthetic cardiac CT cohort"),
-    "preprocess": ("deeprs.preprocess.pipeline", "crop, affine-align and resample a cohort"),
+    "preprocess": ("deeprs.preprocess.cli", "crop, affine-align and resample a cohort"),
+    "fix-label-header": (
+        "deeprs.data.label_header",
+        "copy an image's geometry onto a copy of its label (same voxel grid, lost header)",
+    ),
     "split": ("deeprs.commands.split", "write the folds and the label-amount splits"),
     "train": ("deeprs.train.cli", "train one method on one fold"),
     "evaluate": ("deeprs.evaluate.cli", "Dice, HD95 and folding of a trained method on a fold"),

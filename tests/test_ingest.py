@@ -161,10 +161,20 @@ def test_label_on_another_grid_is_refused(tmp_path: Path, change: dict, problem:
     files = _case(tmp_path, label=label)
     with pytest.raises(DataError) as error:
         load_case(files, LABELS)
-    assert str(error.value) == (
-        f"label '{files.label}' does not match image '{files.image}': {problem}; "
-        "resample the label onto the image grid"
-    )
+    if "shape" in change:  # another voxel grid: only resampling can fix it
+        assert str(error.value) == (
+            f"label '{files.label}' does not match image '{files.image}': {problem}; "
+            "resample the label onto the image grid"
+        )
+    else:  # the same voxel grid with another header: copy the image's geometry
+        assert str(error.value).startswith(
+            f"label '{files.label}' has the same voxel grid (10, 8, 6) as image "
+            f"'{files.image}' but another header: {problem}; if its voxels belong to the "
+            "image, copy the image's geometry onto a copy: `deeprs fix-label-header "
+            f"{files.image} {files.label} FIXED.nii.gz`"
+        )
+        assert "label.CopyInformation(sitk.ReadImage(IMAGE))" in str(error.value)
+        assert "resample" not in str(error.value)
 
 
 def test_origin_round_off_is_tolerated(tmp_path: Path) -> None:

@@ -19,16 +19,13 @@ import SimpleITK as sitk
 from deeprs.data.ingest import CaseFiles, load_case
 from deeprs.errors import ConfigError, DataError
 from deeprs.preprocess.affine import AffineRegistrar, resample_to_spacing, smoothing_schedule
+from deeprs.preprocess.cli import add_arguments, settings_from_arguments
+from deeprs.preprocess.cohort import preprocess_cohort
 from deeprs.preprocess.crop import CropBox, box_corners, crop, enclosing_box, label_box
-from deeprs.preprocess.pipeline import (
-    PreprocessSettings,
-    add_arguments,
-    choose_reference,
-    preprocess_cohort,
-    settings_from_arguments,
-)
 from deeprs.preprocess.qc import mean_dice, mean_pairwise_dice
+from deeprs.preprocess.reference import choose_reference
 from deeprs.preprocess.resample import box_grid, resample_onto, scale_intensities
+from deeprs.preprocess.settings import PreprocessSettings
 
 CTA_LABELS = {"heart": 1, "aorta": 2, "pa": 3}
 
@@ -256,25 +253,30 @@ def test_registration_is_deterministic(registrar, cta) -> None:
 
 def test_carried_box_contains_the_moved_heart(registrar, cta) -> None:
     """The box carried to an unlabelled copy covers its (hidden) labelled voxels."""
-    from deeprs.preprocess.pipeline import _coarse, _ElastixLog, carry_box
+    from deeprs.data.ingest import Case
+    from deeprs.preprocess.affine import ElastixLog
+    from deeprs.preprocess.reference import Reference, carry_box, coarse
+    from deeprs.preprocess.space import target_space
 
     fixed, fixed_label = cta
     known = _known_affine(fixed)
     moving = resample_onto(fixed, fixed, known)
     hidden_label = sitk.GetArrayFromImage(resample_onto(fixed_label, fixed, known, is_label=True))
     box = label_box(fixed_label, 10.0)
-    carried, metric = carry_box(
-        registrar,
-        _coarse(fixed),
-        box_corners(fixed, box),
-        _coarse(moving),
-        moving,
-        "copy",
-        _ElastixLog(None),
+    reference = Reference(
+        Case("ref", "ref", fixed, fixed_label),
+        box,
+        "label",
+        target_space(fixed, box, (16, 16, 16)),
+        crop(fixed, box),
+        coarse(fixed),
+    )
+    carried, alignment = carry_box(
+        registrar, reference.target, Case("copy", "copy", moving, None), ElastixLog(None)
     )
     z, y, x = np.nonzero(hidden_label)
     assert carried.contains_index(np.stack([x, y, z], axis=1)).all()
-    assert np.isfinite(metric)
+    assert np.isfinite(alignment.elastix_metric) and alignment.figures.problem() is None
 
 
 def _write_case(folder: Path, name: str, image: sitk.Image, label: sitk.Image | None) -> None:
@@ -341,7 +343,30 @@ def test_pipeline_writes_the_contract_and_affine_raises_overlap(registrar, cta, 
         z, y, x = np.nonzero(hidden[case])
         assert box.contains_index(np.stack([x, y, z], axis=1)).mean() > 0.99
     assert boxes["ct_train_1000"]["source"] == "label"
-    assert (
-        "===== align ct_train_1000 to ct_test_2003 =====" in (tmp_path / "elastix.log").read_text()
+    assert "===== ct_train_1000: affine from start 'headers' =====" in (
+        (tmp_path / "elastix.log").read_text()
     )
+    plan = json.loads((out / "plan.json").read_text())
+    space = manifest["target_space"]
+    assert plan["grid"]["size_xyz"] == space["shape_xyz"]
+    assert np.allclose(plan["grid"]["spacing_xyz"], space["spacing_xyz"], rtol=1e-5)
+    assert (out / plan["images"]["reference_cropped"]).is_file()
     assert (out / "mosaic.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("kind", ["rigid", "translation"])
+def test_rigid_and_translation_registrations_undo_a_known_motion(registrar, cta, kind) -> None:
+    """The fallbacks of a collapsed affine: a known rotation and shift (or shift) undone."""
+    fixed, fixed_label = cta
+    known = sitk.Euler3DTransform()
+    known.SetCenter(fixed.TransformContinuousIndexToPhysicalPoint([s / 2 for s in fixed.GetSize()]))
+    if kind == "rigid":
+        known.SetRotation(0.0, 0.0, float(np.deg2rad(8)))
+    known.SetTranslation((6.0, -5.0, 4.0))
+    moving = resample_onto(fixed, fixed, known)
+    result = registrar.register(fixed, moving, "cta", transform=kind)
+    errors = [
+        np.linalg.norm(np.subtract(known.TransformPoint(result.transform.TransformPoint(p)), p))
+        for p in box_corners(fixed, label_box(fixed_label, 0.0))
+    ]
+    assert max(errors) < 4.5  # one voxel of the 4.5 mm test grid

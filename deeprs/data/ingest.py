@@ -49,12 +49,22 @@ class CaseFiles:
 
 @dataclass
 class Case:
-    """One validated case in canonical orientation; ``label`` holds classes 0..K or is None."""
+    """One validated case in canonical orientation; ``label`` holds classes 0..K or is None.
+
+    ``acquired_direction`` is the file's own direction matrix (its voxel axes as scanned,
+    before reorientation), which alignment uses as a start (scans are planned on anatomy);
+    None means the canonical one.
+    """
 
     id: str
     subject: str
     image: sitk.Image
     label: sitk.Image | None
+    acquired_direction: tuple[float, ...] | None = None
+
+    @property
+    def scan_axes(self) -> tuple[float, ...]:
+        return self.acquired_direction or self.image.GetDirection()
 
     @property
     def labelled(self) -> bool:
@@ -228,11 +238,24 @@ def check_same_grid(
                 f"origin {tuple(round(o, 2) for o in label.GetOrigin())} differs from the "
                 f"image's {tuple(round(o, 2) for o in image.GetOrigin())}"
             )
-    if problem:
+    if problem is None:
+        return
+    if image.GetSize() == label.GetSize():
+        # Same voxel grid, different header: usually a label saved without the image's
+        # geometry. Resampling would move it; copying the geometry keeps every voxel.
         raise DataError(
-            f"label '{label_path}' does not match image '{image_path}': {problem}; "
-            "resample the label onto the image grid"
+            f"label '{label_path}' has the same voxel grid {image.GetSize()} as image "
+            f"'{image_path}' but another header: {problem}; if its voxels belong to the "
+            "image, copy the image's geometry onto "
+            f"a copy: `deeprs fix-label-header {image_path} {label_path} FIXED.nii.gz` (or "
+            "in Python: label = sitk.ReadImage(LABEL); "
+            "label.CopyInformation(sitk.ReadImage(IMAGE)); sitk.WriteImage(label, FIXED)), "
+            "and point the cohort at the fixed copy"
         )
+    raise DataError(
+        f"label '{label_path}' does not match image '{image_path}': {problem}; "
+        "resample the label onto the image grid"
+    )
 
 
 def label_to_classes(label: sitk.Image, labels: Mapping[str, int], path: Path) -> sitk.Image:
@@ -279,5 +302,6 @@ def load_case(files: CaseFiles, labels: Mapping[str, int]) -> Case:
         raw_label = read_volume(files.label)
         check_same_grid(image, raw_label, files.image, files.label)
         label = canonical(label_to_classes(raw_label, labels, files.label))
+    acquired = image.GetDirection()
     image = canonical(sitk.Cast(image, sitk.sitkFloat32))
-    return Case(id=files.id, subject=files.subject, image=image, label=label)
+    return Case(files.id, files.subject, image, label, acquired)

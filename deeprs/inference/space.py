@@ -1,7 +1,7 @@
 """From a new image's own grid to the training grid and back.
 
 Forward, the preprocessing step's own functions run on the image: heart box carried from
-the reference, affine onto the reference's heart (:func:`deeprs.preprocess.pipeline.align_case`),
+the reference, affine onto the reference's heart (:func:`deeprs.preprocess.case.align_case`),
 resampling onto the target grid and intensity scaling. Backward, class probabilities on the
 grid are resampled (linearly) through the inverse affine onto the image's own grid, only
 inside the region the grid covers; everything outside it is background.
@@ -23,8 +23,8 @@ import SimpleITK as sitk
 from deeprs.data.ingest import Case, canonical, read_volume
 from deeprs.errors import DataError
 from deeprs.preprocess.affine import AffineRegistrar
+from deeprs.preprocess.case import align_case
 from deeprs.preprocess.crop import CropBox, box_corners, enclosing_box
-from deeprs.preprocess.pipeline import align_case
 from deeprs.preprocess.plan import AlignmentTarget, alignment_target
 from deeprs.preprocess.resample import resample_onto, scale_intensities
 

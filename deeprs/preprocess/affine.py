@@ -89,15 +89,23 @@ def _final_metric(log_text: str) -> float:
 
 
 def _to_sitk_affine(settings: dict[str, tuple[str, ...]]) -> sitk.AffineTransform:
-    """elastix's affine parameter map as the same ``sitk.AffineTransform``.
+    """elastix's affine, rigid (Euler) or translation map as the same ``sitk.AffineTransform``.
 
-    Both use ``T(p) = A (p - c) + c + t`` with the matrix ``A`` row-major, then ``t``.
+    Both use ``T(p) = A (p - c) + c + t``: affine parameters are ``A`` row-major, then
+    ``t``; Euler parameters are the angles about x, y, z (ITK's default Z-X-Y order), then ``t``;
+    translation parameters are ``t``.
     """
-    if settings["Transform"][0] != "AffineTransform":
-        raise DataError(f"elastix returned a '{settings['Transform'][0]}', expected an affine")
+    kind = settings["Transform"][0]
     values = [float(v) for v in settings["TransformParameters"]]
+    if kind == "TranslationTransform":
+        return sitk.AffineTransform([1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0], values[:3], (0, 0, 0))
     center = [float(v) for v in settings["CenterOfRotationPoint"]]
-    return sitk.AffineTransform(values[:9], values[9:12], center)
+    if kind == "AffineTransform":
+        return sitk.AffineTransform(values[:9], values[9:12], center)
+    if kind == "EulerTransform":
+        euler = sitk.Euler3DTransform(center, *values[:3], values[3:6])
+        return sitk.AffineTransform(euler.GetMatrix(), euler.GetTranslation(), center)
+    raise DataError(f"elastix returned a '{kind}', expected an affine, rigid or translation")
 
 
 class AffineRegistrar:
@@ -136,16 +144,17 @@ class AffineRegistrar:
         moving: sitk.Image,
         resolutions: int,
         iterations: int,
+        transform: str,
     ) -> object:
         parameters = self._itk.ParameterObject.New()
-        settings = parameters.GetDefaultParameterMap("affine", resolutions)
+        settings = parameters.GetDefaultParameterMap(transform, resolutions)
         settings["MaximumNumberOfIterations"] = [str(iterations)]
         settings["FixedImagePyramidSchedule"] = smoothing_schedule(fixed.GetSpacing(), resolutions)
         settings["MovingImagePyramidSchedule"] = smoothing_schedule(
             moving.GetSpacing(), resolutions
         )
-        settings["AutomaticTransformInitialization"] = ["true"]
-        settings["AutomaticTransformInitializationMethod"] = ["GeometricalCenter"]
+        # Starts are placed by the caller (deeprs.preprocess.align), in physical space.
+        settings["AutomaticTransformInitialization"] = ["false"]
         settings["WriteResultImage"] = ["false"]
         parameters.AddParameterMap(settings)
         return parameters
@@ -157,9 +166,11 @@ class AffineRegistrar:
         name: str = "",
         resolutions: int | None = None,
         iterations: int | None = None,
+        transform: str = "affine",
     ) -> AffineResult:
-        """The affine transform taking ``fixed``'s physical points onto ``moving``'s.
+        """The ``transform`` ("affine", "rigid" or "translation") taking ``fixed``'s physical points onto ``moving``'s.
 
+        elastix starts from the identity (see :mod:`deeprs.preprocess.align` for starts);
         ``resolutions`` and ``iterations`` override the registrar's defaults for one call.
         """
         parameter_object = self._parameters(
@@ -167,6 +178,7 @@ class AffineRegistrar:
             moving,
             resolutions or self.resolutions,
             iterations or self.iterations,
+            transform,
         )
         with tempfile.TemporaryDirectory(prefix="deeprs-elastix-") as folder:
             log_path = Path(folder) / "elastix.log"
@@ -189,3 +201,22 @@ class AffineRegistrar:
             log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
         transform = _to_sitk_affine(transform_parameters.GetParameterMap(0))
         return AffineResult(transform=transform, final_metric=_final_metric(log_text), log=log_text)
+
+
+class ElastixLog:
+    """Appends every elastix log, with a header naming the registration, to one file."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("")
+
+    def add(self, title: str, text: str) -> None:
+        if self.path is not None:
+            with open(self.path, "a") as handle:
+                handle.write(f"\n===== {title} =====\n{text}\n")
+
+    def add_all(self, logs: list[tuple[str, str]]) -> None:
+        for title, text in logs:
+            self.add(title, text)

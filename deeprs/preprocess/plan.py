@@ -21,10 +21,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from deeprs.errors import DataError
-from deeprs.io import atomic_path, read_json, write_json
+from deeprs.io import read_json, write_image, write_json
 
 if TYPE_CHECKING:
-    from deeprs.preprocess.pipeline import PreprocessSettings
+    from deeprs.preprocess.settings import PreprocessSettings
 
 PLAN_VERSION = 1
 """Raised whenever the meaning of a plan entry changes; readers refuse other versions."""
@@ -105,8 +105,7 @@ def write_plan(folder: str | Path, plan: dict[str, Any]) -> Path:
     files = {}
     for name, image in plan["images"].items():
         files[name] = f"plan_{name}.mha"
-        with atomic_path(folder / files[name]) as temporary:
-            sitk.WriteImage(image, str(temporary), useCompression=True)
+        write_image(image, folder / files[name])
     write_json(folder / PLAN_FILE, {**plan, "images": files})
     return folder / PLAN_FILE
 

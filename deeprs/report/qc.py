@@ -22,12 +22,18 @@ SHOWN_COLUMNS: dict[str, str] = {
     "labelled": "Labelled",
     "box_source": "Crop box from",
     "box_size_xyz": "Box size (x y z, voxels)",
+    "start": "Start",
     "affine_determinant": "det(affine)",
+    "affine_scales": "Scales",
+    "affine_rotation_deg": "Rotation (deg)",
     "elastix_final_metric": "Affine metric",
+    "similarity": "Similarity to reference",
+    "starts_tried": "Starts tried",
     "dice_pairwise_crop": "Dice to others, cropped",
     "dice_pairwise_affine": "Dice to others, affine",
     "dice_reference_crop": "Dice to reference, cropped",
     "dice_reference_affine": "Dice to reference, affine",
+    "flags": "Flags",
     "seconds": "Seconds",
 }
 """qc.csv column -> heading; the page shows these when present, qc.csv has them all."""

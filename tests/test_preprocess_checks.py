@@ -1,0 +1,208 @@
+"""Target space, alignment plumbing, per-case checks and label headers (no elastix)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from deeprs.cli import main
+from deeprs.data.geometry import rotation_matrix
+from deeprs.data.ingest import CaseFiles
+from deeprs.data.label_header import copy_image_geometry
+from deeprs.errors import DataError
+from deeprs.preprocess.align import AffineFigures, Start, _absorb, _compose, default_starts
+from deeprs.preprocess.cohort import check_cohort
+from deeprs.preprocess.crop import CropBox, box_corners
+from deeprs.preprocess.qc import consensus_label
+from deeprs.preprocess.space import slice_axis_warning, target_space
+
+LABELS = {"rv": 1, "myo": 2, "lv": 3}
+
+
+def _image(size_xyz, spacing, direction=None, origin=(3.0, -7.0, 11.0)) -> sitk.Image:
+    image = sitk.Image([int(v) for v in size_xyz], sitk.sitkFloat32)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    if direction is not None:
+        image.SetDirection(direction)
+    return image
+
+
+def _extremes(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return points.min(axis=0), points.max(axis=0)
+
+
+@pytest.mark.parametrize("thick_axis", [0, 1, 2])
+def test_target_space_puts_the_slice_axis_on_z_and_tiles_the_box(thick_axis: int) -> None:
+    spacing = [1.5, 1.5, 1.5]
+    spacing[thick_axis] = 8.0
+    direction = rotation_matrix((20, -10, 35)).ravel().tolist()
+    image = _image((30, 40, 20), spacing, direction)
+    box = CropBox((2, 3, 1), (20, 30, 12))
+    space = target_space(image, box, (16, 24, 8))
+    assert space.shape_xyz == (16, 24, 8)
+    slice_direction = np.reshape(direction, (3, 3))[:, thick_axis]
+    assert np.allclose(np.reshape(space.direction, (3, 3))[:, 2], slice_direction)
+    assert space.spacing_xyz[2] == pytest.approx(box.size[thick_axis] * 8.0 / 8)
+    # The grid's outer voxel edges are the box's: same physical corners.
+    grid = space.grid()
+    full = CropBox((0, 0, 0), space.shape_xyz)
+    for got, expected in zip(
+        _extremes(box_corners(grid, full)), _extremes(box_corners(image, box)), strict=True
+    ):
+        assert np.allclose(got, expected, atol=1e-6)
+
+
+def test_an_isotropic_scan_keeps_its_axis_order() -> None:
+    image = _image((30, 40, 20), (1.2, 1.2, 1.3))
+    space = target_space(image, CropBox((0, 0, 0), (30, 40, 20)), (8, 8, 8))
+    assert np.allclose(np.reshape(space.direction, (3, 3)), np.eye(3))
+
+
+def test_a_slice_axis_landing_in_plane_is_warned_about_in_one_line() -> None:
+    reference = _image((100, 100, 10), (1.5, 1.5, 10.0))
+    space = target_space(reference, CropBox((0, 0, 0), (100, 100, 10)), (64, 64, 10))
+    assert slice_axis_warning(space, (1.5, 1.5, 10.0), np.eye(3).ravel(), "ok") is None
+    sideways = np.eye(3)[:, [2, 1, 0]].ravel()  # the scan's 10 mm axis points along x
+    message = slice_axis_warning(space, (1.5, 1.5, 10.0), sideways, "case7")
+    assert message is not None and "\n" not in message
+    assert message.startswith("case7: its 10.0 mm slice axis lands on the target's x axis")
+    assert "target_shape[0] = 15" in message
+
+
+def test_affine_figures_flag_collapse_and_stretch() -> None:
+    fine = sitk.AffineTransform(3)
+    fine.SetMatrix((rotation_matrix((10, 0, 30)) @ np.diag([1.1, 0.9, 0.8])).ravel().tolist())
+    figures = AffineFigures.of(fine)
+    assert figures.problem() is None
+    assert figures.rotation_degrees == pytest.approx(31.6, abs=0.2)
+    assert figures.scales == pytest.approx((0.8, 0.9, 1.1))
+    collapsed = sitk.AffineTransform(3)
+    collapsed.SetMatrix(np.diag([0.3, 0.4, 0.2]).ravel().tolist())
+    assert AffineFigures.of(collapsed).problem().startswith("determinant 0.024")
+    squashed = sitk.AffineTransform(3)
+    squashed.SetMatrix(np.diag([1.0, 1.2, 0.2]).ravel().tolist())
+    assert AffineFigures.of(squashed).problem() == "scales 0.20-1.20"
+    stretched = sitk.AffineTransform(3)
+    stretched.SetMatrix(np.diag([2.2, 0.5, 1.0]).ravel().tolist())
+    assert AffineFigures.of(stretched).problem() == "stretch anisotropy 4.40"
+
+
+def test_a_start_absorbed_into_the_header_composes_back_to_one_transform() -> None:
+    moving = _image((10, 12, 8), (1.0, 2.0, 3.0), rotation_matrix((5, 0, 0)).ravel().tolist())
+    start = Start("s", rotation_matrix((30, -20, 50)), np.array([4.0, -2.0, 9.0]))
+    absorbed = _absorb(moving, start)
+    for index in ([0, 0, 0], [9, 11, 7], [3, 5, 2]):
+        seen = np.asarray(absorbed.TransformIndexToPhysicalPoint(index))
+        real = np.asarray(moving.TransformIndexToPhysicalPoint(index))
+        assert np.allclose(start.matrix @ seen + start.translation, real)
+    inner = sitk.AffineTransform(3)
+    inner.SetMatrix(np.diag([1.1, 0.9, 1.0]).ravel().tolist())
+    inner.SetCenter((1.0, 2.0, 3.0))
+    inner.SetTranslation((0.5, -1.0, 2.0))
+    composed = _compose(start, inner)
+    for point in ([0.0, 0.0, 0.0], [10.0, -5.0, 3.0]):
+        expected = start.matrix @ np.asarray(inner.TransformPoint(point)) + start.translation
+        assert np.allclose(composed.TransformPoint(point), expected)
+
+
+def test_the_headers_start_undoes_a_header_rotation() -> None:
+    fixed = _image((20, 20, 10), (1.5, 1.5, 8.0))
+    turn = rotation_matrix((40, 40, 0))
+    moving = _image((20, 20, 10), (1.5, 1.5, 8.0), turn.ravel().tolist(), (50.0, 0.0, 0.0))
+    headers, centres = default_starts(fixed, moving)
+    assert headers.name == "headers" and np.allclose(headers.matrix, turn)
+    assert np.allclose(centres.matrix, np.eye(3))
+    for index in ([0, 0, 0], [19, 19, 9]):
+        mapped = headers.matrix @ np.asarray(fixed.TransformIndexToPhysicalPoint(index))
+        assert np.allclose(
+            mapped + headers.translation, moving.TransformIndexToPhysicalPoint(index)
+        )
+
+
+def _write(folder: Path, name: str, image: sitk.Image, label: sitk.Image | None) -> CaseFiles:
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    image_path = folder / "images" / f"{name}.nii.gz"
+    sitk.WriteImage(image, str(image_path))
+    label_path = None
+    if label is not None:
+        label_path = folder / "labels" / f"{name}_gt.nii.gz"
+        sitk.WriteImage(label, str(label_path))
+    return CaseFiles(name, name, image_path, label_path)
+
+
+def _pair(spacing=(1.5, 1.5, 10.0), origin=(3.0, -7.0, 11.0), filled=True):
+    image = sitk.GetImageFromArray(
+        np.random.default_rng(0).normal(size=(6, 20, 20)).astype(np.float32)
+    )
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    values = np.zeros((6, 20, 20), np.uint8)
+    if filled:
+        values[2:4, 5:15, 5:15] = 3
+    label = sitk.GetImageFromArray(values)
+    label.CopyInformation(image)
+    return image, label
+
+
+def test_every_bad_case_is_reported_at_once_before_any_registration(tmp_path: Path) -> None:
+    image, label = _pair()
+    cases = [_write(tmp_path, "patient001_frame01", image, label)]
+    _, empty = _pair(filled=False)
+    cases.append(_write(tmp_path, "patient002_frame01", image, empty))
+    lost = sitk.Image(label)
+    lost.SetSpacing((1.0, 1.0, 1.0))
+    lost.SetOrigin((0.0, 0.0, 0.0))
+    cases.append(_write(tmp_path, "patient003_frame01", image, lost))
+    broken = _write(tmp_path, "patient004_frame01", image, label)
+    broken.image.write_bytes(broken.image.read_bytes()[:200])
+    cases.append(broken)
+    with pytest.raises(DataError) as caught:
+        check_cohort(cases, LABELS)
+    message = str(caught.value)
+    assert "\n" not in message
+    head, *items = message.split(" [")
+    assert head == "3 of 4 cases failed the checks; fix them all, then rerun:"
+    assert len(items) == 3
+    assert items[0].startswith("1] label ") and "patient002_frame01_gt.nii.gz' is empty" in items[0]
+    assert "same voxel grid" in items[1] and "deeprs fix-label-header" in items[1]
+    assert "patient004_frame01.nii.gz' cannot be read" in items[2]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_fix_label_header_copies_the_geometry_and_never_alters_inputs(tmp_path: Path) -> None:
+    image, label = _pair(origin=(-40.0, 12.5, 3.0))
+    lost = sitk.Image(label)
+    lost.SetSpacing((1.0, 1.0, 1.0))
+    lost.SetOrigin((0.0, 0.0, 0.0))
+    files = _write(tmp_path, "patient001_frame01", image, lost)
+    before = {_digest(files.image), _digest(files.label)}
+    out = tmp_path / "fixed_gt.nii.gz"
+    assert main(["fix-label-header", str(files.image), str(files.label), str(out)]) == 0
+    fixed = sitk.ReadImage(str(out))
+    assert fixed.GetOrigin() == pytest.approx(image.GetOrigin())
+    assert fixed.GetSpacing() == pytest.approx(image.GetSpacing())
+    assert np.array_equal(sitk.GetArrayFromImage(fixed), sitk.GetArrayFromImage(label))
+    assert {_digest(files.image), _digest(files.label)} == before
+    check_cohort([CaseFiles(files.id, files.id, files.image, out)], LABELS)
+    with pytest.raises(DataError, match="is one of the inputs"):
+        copy_image_geometry(files.image, files.label, files.label)
+    other = sitk.Image([5, 5, 5], sitk.sitkUInt8)
+    sitk.WriteImage(other, str(tmp_path / "small.nii.gz"))
+    with pytest.raises(DataError, match="not one voxel grid"):
+        copy_image_geometry(files.image, tmp_path / "small.nii.gz", tmp_path / "x.nii.gz")
+
+
+def test_consensus_label_is_the_per_voxel_majority() -> None:
+    first = np.array([[0, 1, 2, 2]], np.uint8)
+    second = np.array([[1, 1, 2, 0]], np.uint8)
+    third = np.array([[1, 0, 3, 0]], np.uint8)
+    assert consensus_label([first, second, third], 3).tolist() == [[1, 1, 2, 0]]
