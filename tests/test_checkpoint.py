@@ -216,6 +216,9 @@ def test_augmentation_never_mirrors_a_heart_unless_asked(reflections: str) -> No
     for seed in range(24):
         generator = torch.Generator().manual_seed(seed)
         _, augmented = augment_pair(image, label, generator, (1.0, 1.0, 1.0), reflections)
+        if reflections == "none":  # the default: rotation alone
+            _, default = augment_pair(image, label, torch.Generator().manual_seed(seed), (1, 1, 1))
+            assert torch.equal(default, augmented)
         assert set(augmented.unique().tolist()) == {0, 1, 2, 3, 4}
         handedness.append(_handedness(augmented))
         x_arm = torch.nonzero(augmented[0, 0] == 1).float().mean(0)
