@@ -192,3 +192,46 @@ def test_device_selection() -> None:
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     with autocast(cpu, cpu_bf16=True):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def _handedness(label: torch.Tensor) -> float:
+    """Sign of the triple product of the arms 1, 2, 3 seen from the hub 4 (a chiral marker)."""
+    grid = torch.stack(torch.meshgrid(*[torch.arange(16.0)] * 3, indexing="ij"))
+    hub = grid[:, label[0, 0] == 4].mean(1)
+    arms = [grid[:, label[0, 0] == k].mean(1) - hub for k in (1, 2, 3)]
+    return float(torch.sign(torch.linalg.det(torch.stack(arms))))
+
+
+@pytest.mark.parametrize("reflections", ["paired", "none", "independent"])
+def test_augmentation_never_mirrors_a_heart_unless_asked(reflections: str) -> None:
+    """A single reflection turns a chiral object into its mirror image; rotations and the
+    paired mirroring + flipping (a 180 degree rotation) do not."""
+    label = torch.zeros(1, 1, 16, 16, 16, dtype=torch.int64)
+    label[..., 7:9, 7:9, 7:9] = 4
+    label[..., 7:9, 7:9, 11:14] = 1  # x arm
+    label[..., 7:9, 11:13, 7:9] = 2  # y arm
+    label[..., 11:12, 7:9, 7:9] = 3  # z arm
+    image = label.float()
+    original = _handedness(label)
+    handedness, moved_x_arm = [], []
+    for seed in range(24):
+        generator = torch.Generator().manual_seed(seed)
+        _, augmented = augment_pair(image, label, generator, (1.0, 1.0, 1.0), reflections)
+        if reflections == "none":  # the default: rotation alone
+            _, default = augment_pair(image, label, torch.Generator().manual_seed(seed), (1, 1, 1))
+            assert torch.equal(default, augmented)
+        assert set(augmented.unique().tolist()) == {0, 1, 2, 3, 4}
+        handedness.append(_handedness(augmented))
+        x_arm = torch.nonzero(augmented[0, 0] == 1).float().mean(0)
+        moved_x_arm.append(bool(x_arm[2] < 7.5))
+    if reflections == "independent":
+        assert -original in handedness  # the literal reading makes mirrored hearts
+    else:
+        assert handedness == [original] * 24
+    assert any(moved_x_arm) == (reflections != "none")  # paired does reflect, both axes
+
+
+def test_augmentation_rejects_an_unknown_reflection_mode() -> None:
+    image = torch.zeros(1, 1, 8, 8, 8)
+    with pytest.raises(ValueError, match="reflections must be one of"):
+        augment_pair(image, image.long(), torch.Generator(), (1.0, 1.0, 1.0), "mirror")
