@@ -17,20 +17,11 @@ SMALL = {
     "voxelmorph2": dict(width=0.25),
     "unet3d": dict(in_channels=1, out_channels=4, features=(8, 16, 32), width=0.5),
     "discriminator": dict(width=0.5, features=(8, 16, 32)),
-    "local_discriminator": dict(width=0.5, features=16),
     "fcn3d": dict(in_channels=1, out_channels=4, width=0.25),
     "vnet": dict(in_channels=1, out_channels=4, width=0.25),
 }
-OUT_CHANNELS = {
-    "voxelmorph2": 3,
-    "unet3d": 4,
-    "discriminator": 1,
-    "local_discriminator": 1,
-    "fcn3d": 4,
-    "vnet": 4,
-}
-# forward(image, fixed) instead of forward(x)
-PAIRED = {"voxelmorph2", "discriminator", "local_discriminator"}
+OUT_CHANNELS = {"voxelmorph2": 3, "unet3d": 4, "discriminator": 1, "fcn3d": 4, "vnet": 4}
+PAIRED = {"voxelmorph2", "discriminator"}  # forward(image, fixed) instead of forward(x)
 
 
 def _run(net: torch.nn.Module, kind: str, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -161,22 +152,6 @@ def test_discriminator_learns_to_separate_reference_from_misaligned_pairs() -> N
             aligned = discriminator.confidence(reference_image(moving, fixed, 0.2), fixed)
             misaligned = discriminator.confidence(moving, fixed)
             assert aligned.mean() > misaligned.mean() + 0.5
-
-
-def test_local_discriminator_sees_seven_voxels_and_no_further() -> None:
-    """Its logit at a voxel depends on both images within 3 voxels of it, and on nothing else."""
-    torch.manual_seed(0)
-    discriminator = build_network("local_discriminator", width=0.25)
-    image = torch.rand(1, 1, 12, 12, 12, requires_grad=True)
-    fixed = torch.rand(1, 1, 12, 12, 12, requires_grad=True)
-    discriminator(image, fixed)[0, 0, 6, 6, 6].backward()
-    for gradient in (image.grad, fixed.grad):
-        assert gradient is not None
-        reached = torch.nonzero(gradient[0, 0].abs() > 0)
-        assert reached.min(0).values.tolist() == [3, 3, 3]
-        assert reached.max(0).values.tolist() == [9, 9, 9]
-    confidence = discriminator.confidence(image, fixed)
-    assert confidence.shape == (1, 1, 12, 12, 12) and 0 <= confidence.min() <= confidence.max() <= 1
 
 
 def _bf16_gradients(

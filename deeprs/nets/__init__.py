@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from deeprs.nets.discriminator import LocalDiscriminator, PixelDiscriminator
+from deeprs.nets.discriminator import PixelDiscriminator
 from deeprs.nets.fcn import FCN3D
 from deeprs.nets.registration import VoxelMorph2
 from deeprs.nets.unet import UNet3D
@@ -19,7 +19,6 @@ NETWORKS: dict[str, type[nn.Module]] = {
     "voxelmorph2": VoxelMorph2,
     "unet3d": UNet3D,
     "discriminator": PixelDiscriminator,
-    "local_discriminator": LocalDiscriminator,
     "fcn3d": FCN3D,
     "vnet": VNet,
 }
@@ -34,7 +33,6 @@ def build_network(kind: str, **args: object) -> nn.Module:
 
 __all__ = [
     "FCN3D",
-    "LocalDiscriminator",
     "NETWORKS",
     "PixelDiscriminator",
     "UNet3D",

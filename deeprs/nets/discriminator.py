@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from deeprs.nets.blocks import Conv3d, scale_channels
 from deeprs.nets.unet import UNet3D
 
 
@@ -36,37 +35,6 @@ class PixelDiscriminator(nn.Module):
 
     def forward(self, image: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         return self.unet(torch.cat([image, fixed], dim=1))
-
-    def confidence(self, image: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        """The alignment confidence map in [0, 1]: 1 where ``image`` looks aligned to ``fixed``."""
-        return torch.sigmoid(self(image, fixed).float())
-
-
-class LocalDiscriminator(nn.Module):
-    """(image, fixed) -> alignment logits from a 7^3-voxel neighbourhood only.
-
-    Three 3x3x3 convolutions, no pooling: each output voxel sees the two images within
-    three voxels of it, so it can judge how well they agree *there* but cannot learn a
-    global cue (the U-Net D, which sees the whole 32^3 volume, learned "is this a blend"
-    and its map carried no information about alignment; ``docs/results.md``). A deviation
-    from the paper, which names a U-Net D; not used by any method unless wired in.
-    """
-
-    def __init__(self, width: float = 1.0, features: int = 32, negative_slope: float = 0.2) -> None:
-        super().__init__()
-        self.config = dict(width=width, features=features, negative_slope=negative_slope)
-        (channels,) = scale_channels([features], width)
-        self.layers = nn.Sequential(
-            Conv3d(2, channels, 3, padding=1),
-            nn.LeakyReLU(negative_slope),
-            Conv3d(channels, channels, 3, padding=1),
-            nn.LeakyReLU(negative_slope),
-            Conv3d(channels, 1, 3, padding=1),
-        )
-        self.size_divisor = 1
-
-    def forward(self, image: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        return self.layers(torch.cat([image, fixed], dim=1))
 
     def confidence(self, image: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """The alignment confidence map in [0, 1]: 1 where ``image`` looks aligned to ``fixed``."""
