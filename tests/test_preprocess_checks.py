@@ -13,7 +13,7 @@ from deeprs.cli import main
 from deeprs.data.geometry import rotation_matrix
 from deeprs.data.ingest import CaseFiles
 from deeprs.data.label_header import copy_image_geometry
-from deeprs.errors import DataError
+from deeprs.errors import ConfigError, DataError
 from deeprs.preprocess.align import AffineFigures, Start, _absorb, _compose, default_starts
 from deeprs.preprocess.cohort import check_cohort
 from deeprs.preprocess.crop import CropBox, box_corners
@@ -206,3 +206,36 @@ def test_consensus_label_is_the_per_voxel_majority() -> None:
     second = np.array([[1, 1, 2, 0]], np.uint8)
     third = np.array([[1, 0, 3, 0]], np.uint8)
     assert consensus_label([first, second, third], 3).tolist() == [[1, 1, 2, 0]]
+
+
+def test_the_rule_settings_reach_preprocessing_whole(tmp_path: Path) -> None:
+    """The preprocess rule passes the `data` and `preprocess` sections as one JSON object:
+    every key arrives, including those without a flag of their own (data.subject_pattern)."""
+    import argparse
+    import json
+
+    from deeprs.preprocess.cli import add_arguments, settings_from_arguments
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "patient001_frame01.nii.gz").write_bytes(b"")
+    sections = {
+        "data": {
+            "source": "folder",
+            "dir": str(tmp_path),
+            "layout": "acdc",
+            "modality": "mri",
+            "labels": {"rv": 1, "myo": 2, "lv": 3},
+            "subject_pattern": r"(?P<subject>patient\d+)_.*",
+        },
+        "preprocess": {"target_shape": [48, 48, 12], "crop_margin_mm": 7},
+    }
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--out", str(tmp_path / "out"), "--settings", json.dumps(sections)])
+    settings = settings_from_arguments(args)
+    assert settings.subject_pattern == r"(?P<subject>patient\d+)_.*"
+    assert settings.target_shape_xyz == (48, 48, 12) and settings.crop_margin_mm == 7.0
+    assert settings.layout == "acdc" and settings.labels == {"rv": 1, "myo": 2, "lv": 3}
+    bad = parser.parse_args(["--out", str(tmp_path / "out"), "--settings", "{not json"])
+    with pytest.raises(ConfigError, match="is not JSON"):
+        settings_from_arguments(bad)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,9 +25,25 @@ def _parse_labels(pairs: Sequence[str]) -> dict[str, int]:
     return labels
 
 
+def _sections_from_json(text: str) -> dict[str, object]:
+    try:
+        sections = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(
+            f"--settings (config sections 'data', 'preprocess') is not JSON: {error}"
+        ) from None
+    if not isinstance(sections, dict) or not isinstance(sections.get("data"), dict):
+        raise ConfigError("--settings must be a JSON object with a 'data' section")
+    return {"data": sections["data"], "preprocess": sections.get("preprocess", {})}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, help="workflow config (data and preprocess sections)"
+    )
+    parser.add_argument(
+        "--settings",
+        help="JSON object with the config's 'data' and 'preprocess' sections (what the rule passes)",
     )
     parser.add_argument(
         "--out", type=Path, required=True, help="output folder, e.g. results/preprocessed"
@@ -52,9 +69,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_arguments(args: argparse.Namespace) -> PreprocessSettings:
-    """The config file (if any) with every explicit flag laid over it, validated."""
+    """The config file or ``--settings`` sections (if any) with every explicit flag laid over
+    them, validated."""
+    if args.config is not None and args.settings is not None:
+        raise ConfigError("give --config or --settings, not both")
     if args.config is not None:
         config = load_config(args.config)
+    elif args.settings is not None:
+        config = _sections_from_json(args.settings)
     elif args.data_dir is None or args.labels is None:
         raise ConfigError("give --config, or at least --data-dir and --labels")
     else:

@@ -1,6 +1,7 @@
 # Paths, wildcard constraints, input functions and targets shared by the rule files. Names
 # and settings come from the package (deeprs.folds, deeprs.config, deeprs.jobs); nothing
 # here imports torch.
+import json
 import sys
 from pathlib import Path
 
@@ -45,6 +46,11 @@ def raw_cohort_files():
     labelled, unlabelled = phantom_case_ids()
     files = [f"{DATA_DIR}/ct_train/{case}_{kind}.nii.gz" for case in labelled for kind in ("image", "label")]
     return files + [f"{DATA_DIR}/ct_test/{case}_image.nii.gz" for case in unlabelled]
+
+
+def preprocess_settings_json():
+    """The `data` and `preprocess` sections as one JSON object for `deeprs preprocess`."""
+    return json.dumps({"data": config["data"], "preprocess": config["preprocess"]}, sort_keys=True)
 
 
 def preprocess_inputs():

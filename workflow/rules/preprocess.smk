@@ -15,9 +15,7 @@ rule preprocess:
         plan_images=multiext(f"{RESULTS}/preprocessed/plan_", "reference_cropped.mha", "reference_coarse.mha"),
     params:
         out=lambda wildcards, output: Path(output.manifest).parent,
-        data=config["data"],
-        labels=" ".join(f"{name}={value}" for name, value in config["data"]["labels"].items()),
-        settings=config["preprocess"],
+        settings=preprocess_settings_json(),
     # Snakemake lowers it to --cores when fewer are given; a fixed number (not one derived
     # from workflow.cores) lets --report, --unlock and --lint run without --cores.
     threads: 4
@@ -28,12 +26,4 @@ rule preprocess:
         "../envs/deeprs.yaml"
     shell:
         "deeprs preprocess --out {params.out:q} --threads {threads}"
-        " --data-dir {params.data[dir]:q} --layout {params.data[layout]}"
-        " --modality {params.data[modality]} --labels {params.labels}"
-        " --reference {params.settings[reference]:q}"
-        " --crop-margin-mm {params.settings[crop_margin_mm]}"
-        " --target-shape {params.settings[target_shape][0]} {params.settings[target_shape][1]}"
-        " {params.settings[target_shape][2]}"
-        " --ct-window {params.settings[ct_window][0]} {params.settings[ct_window][1]}"
-        " --mri-percentiles {params.settings[mri_percentiles][0]} {params.settings[mri_percentiles][1]}"
-        " --elastix-log {log.elastix:q} > {log.main:q} 2>&1"
+        " --settings {params.settings:q} --elastix-log {log.elastix:q} > {log.main:q} 2>&1"
