@@ -10,7 +10,7 @@ import torch
 
 from deeprs import bench_reference as reference
 from deeprs import perf
-from deeprs.bench import WEIGHTS, parse_size, synthetic_pair
+from deeprs.bench import WEIGHTS, counted_flops, parse_size, synthetic_pair
 from deeprs.cli import main as deeprs_main
 from deeprs.losses import local_ncc_loss, smoothness_loss
 from deeprs.methods import get_method
@@ -76,7 +76,8 @@ def test_reference_networks_have_the_size_of_ours(width):
     assert reference.ReferenceVoxelMorph2(size, width)(moving, moving).shape == (1, 3, *size)
 
 
-def test_reference_iteration_computes_our_losses_and_updates():
+@pytest.mark.parametrize("separable_ncc", [False, True], ids=["voxelmorph-ref", "plain-fp32"])
+def test_reference_iteration_computes_our_losses_and_updates(separable_ncc):
     """On the same networks and inputs, each reference step gives our loss terms and weights."""
     method = get_method("deeprs")
     settings = TrainSettings(width=0.25, seed=SEED, weights=WEIGHTS)
@@ -95,6 +96,7 @@ def test_reference_iteration_computes_our_losses_and_updates():
         networks=tuple(
             copy.deepcopy(net) for net in (ours.registration, ours.segmentation, ours.discriminator)
         ),
+        separable_ncc=separable_ncc,
     )
     moving, label, fixed = synthetic_pair(SHAPE_ZYX, NUM_CLASSES, SEED)
     context = StepContext(method, settings.weights, NUM_CLASSES, device, torch.Generator(), 2e-4)
@@ -133,7 +135,7 @@ def test_bench_writes_its_table_as_json(tmp_path, capsys):
             "--steps",
             "D",
             "--implementations",
-            "ours+perf,reference",
+            "ours,plain-fp32",
             "--repeats",
             "2",
             "--warmup",
@@ -148,27 +150,48 @@ def test_bench_writes_its_table_as_json(tmp_path, capsys):
     )
     assert status == 0
     report = json.loads(out.read_text())
-    assert {"torch", "device", "threads", "load_average", "results", "ratios"} <= set(report)
+    assert {"torch", "device", "threads", "load_average", "results", "ratios", "peaks"} <= set(
+        report
+    )
     assert report["device"] == "cpu"
-    cases = {(r["step"], r["implementation"]) for r in report["results"]}
-    assert cases == {("D", "ours+perf"), ("D", "reference")}
+    cases = {(r["step"], r["implementation"], r["threads"]) for r in report["results"]}
+    assert cases == {("D", "ours", 1), ("D", "plain-fp32", 1)}
+    (peak,) = report["peaks"]
+    assert set(peak["gemm"]) == {"fp32", "bf16"}
+    best = max(value["gflop_per_cpu_s"] for value in peak["gemm"].values())
     for result in report["results"]:
-        assert len(result["times_s"]) == 2
-        assert result["median_s"] > 0
+        assert len(result["times_s"]) == len(result["cpu_times_s"]) == 2
+        assert result["median_s"] > 0 and result["median_cpu_s"] > 0
         assert result["voxels_per_s"] == pytest.approx(16**3 / result["median_s"])
+        assert result["gflop"] > 0
+        assert result["fraction_of_peak_cpu"] == pytest.approx(
+            result["gflop"] / result["median_cpu_s"] / best
+        )
         assert result["peak_memory_mb"] >= 0
     (ratio,) = report["ratios"]
-    assert ratio["implementation"] == "ours+perf"
-    assert ratio["speedup"] > 0
-    assert "speed-up" in capsys.readouterr().out
+    assert (ratio["implementation"], ratio["reference"]) == ("ours", "plain-fp32")
+    assert ratio["speedup"] > 0 and ratio["speedup_cpu"] > 0
+    printed = capsys.readouterr().out
+    assert "GF/CPU-s" in printed and "bf16 GEMM" in printed
+
+
+def test_flops_are_counted_not_estimated():
+    """A 3x3x3 convolution's forward and backward: 2 * 27 * in * out per voxel, three times."""
+    conv = torch.nn.Conv3d(4, 8, 3, padding=1)
+    x = torch.rand(1, 4, 8, 8, 8, requires_grad=True)
+    forward = 2 * 27 * 4 * 8 * 8**3
+    assert counted_flops(lambda: conv(x)) == forward
+    assert counted_flops(lambda: conv(x).sum().backward()) == 3 * forward
 
 
 @pytest.mark.parametrize(
     "arguments, message",
     [
         (["--sizes", "17x16x16@0.25"], "every side must be a multiple of 16"),
-        (["--sizes", "huge"], "bench size 'huge' is not one of demo, paper"),
+        (["--sizes", "huge"], "bench size 'huge' is not one of demo, mid, paper"),
         (["--steps", "R,X"], "option --steps: 'R,X' must list some of R, S, D, joint"),
+        (["--threads", "0"], "option --threads: '0' must list thread counts >= 1"),
+        (["--threads", "two"], "option --threads: 'two' must list thread counts >= 1"),
     ],
 )
 def test_bench_rejects_bad_options_in_one_sentence(arguments, message, tmp_path, capsys):
@@ -179,7 +202,8 @@ def test_bench_rejects_bad_options_in_one_sentence(arguments, message, tmp_path,
 
 
 def test_named_sizes_are_the_issue_sizes():
-    assert parse_size("demo") == ("demo", (48, 48, 32), 0.5)
+    assert parse_size("demo") == ("demo", (32, 32, 32), 0.5)
+    assert parse_size("mid") == ("mid", (64, 64, 48), 1.0)
     assert parse_size("paper") == ("paper", (128, 128, 96), 1.0)
 
 
