@@ -149,7 +149,9 @@ def _ours_step(case: BenchCase, device: torch.device) -> Callable[[], None]:
     )
     options = perf.default_options(device)
     perf.prepare_networks(
-        [networks.registration, networks.segmentation, networks.discriminator], options
+        [networks.registration, networks.segmentation, networks.discriminator],
+        options,
+        _zyx(case),
     )
     moving, fixed = (perf.prepare_volume(v, options) for v in (moving, fixed))
     context = StepContext(

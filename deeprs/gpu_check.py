@@ -172,7 +172,7 @@ def train_once(
     networks, _ = build_networks(method, NUM_CLASSES, settings, device)
     options = perf.default_options(device)
     modules = [networks.registration, networks.segmentation, networks.discriminator]
-    perf.prepare_networks(modules, options)
+    perf.prepare_networks(modules, options, shape_zyx)
     cohort = [
         (perf.prepare_volume(image, options), label)
         for image, label in synthetic_cohort(

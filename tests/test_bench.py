@@ -207,18 +207,27 @@ def test_named_sizes_are_the_issue_sizes():
     assert parse_size("paper") == ("paper", (128, 128, 96), 1.0)
 
 
-def test_channels_last_layout_changes_speed_not_values():
+LAYOUTS = {
+    "contiguous": perf.PerfOptions(channels_last=False),
+    "channels_last": perf.PerfOptions(channels_last=True),
+    # The large-volume choice forced at 16^3: S contiguous, R and D channels_last.
+    "per_network": perf.PerfOptions(channels_last=True, contiguous_normalised_from_voxels=1),
+}
+
+
+def test_layouts_change_speed_not_values():
     """deeprs.perf only reorders memory: a joint iteration gives the same losses."""
     method = get_method("deeprs")
     settings = TrainSettings(width=0.25, seed=SEED, weights=WEIGHTS)
     device = torch.device("cpu")
     moving, label, fixed = synthetic_pair(SHAPE_ZYX, NUM_CLASSES, SEED)
-    rows = []
-    for channels_last in (False, True):
+    rows = {}
+    for name, options in LAYOUTS.items():
         networks, _ = build_networks(method, NUM_CLASSES, settings, device)
-        options = perf.PerfOptions(channels_last=channels_last)
         perf.prepare_networks(
-            [networks.registration, networks.segmentation, networks.discriminator], options
+            [networks.registration, networks.segmentation, networks.discriminator],
+            options,
+            SHAPE_ZYX,
         )
         pair = Pair(
             perf.prepare_volume(moving, options), label, perf.prepare_volume(fixed, options), None
@@ -229,10 +238,32 @@ def test_channels_last_layout_changes_speed_not_values():
         row, displacement, warped = registration_step(context, networks, pair)
         row.update(discriminator_step(context, networks, pair, warped))
         row.update(segmentation_step(context, networks, pair, displacement))
-        layout = networks.registration.flow.weight
-        assert layout.is_contiguous(memory_format=torch.channels_last_3d) == channels_last
-        rows.append(row)
-    contiguous, channels_last = rows
-    assert set(contiguous) == set(channels_last)
-    for term, value in contiguous.items():
-        assert channels_last[term] == pytest.approx(value, rel=1e-4, abs=1e-7), term
+        cl = torch.channels_last_3d
+        registration_weight = networks.registration.flow.weight
+        segmentation_weight = networks.segmentation.down[1][0][0].weight
+        assert registration_weight.is_contiguous(memory_format=cl) == options.channels_last
+        assert segmentation_weight.is_contiguous(memory_format=cl) == (name == "channels_last")
+        rows[name] = row
+    for name, row in rows.items():
+        assert set(row) == set(rows["contiguous"])
+        for term, value in rows["contiguous"].items():
+            assert row[term] == pytest.approx(value, rel=1e-4, abs=1e-7), (name, term)
+
+
+def test_only_instance_normalised_networks_go_contiguous_on_large_volumes():
+    options = perf.PerfOptions()
+    segmentation = build_network("unet3d", in_channels=2, out_channels=3, width=0.25)
+    discriminator = build_network("discriminator", width=0.25)
+    large, small = (48, 64, 64), (32, 32, 32)
+    assert not perf.channels_last_pays(segmentation, large, options)
+    assert perf.channels_last_pays(segmentation, small, options)
+    assert perf.channels_last_pays(segmentation, None, options)
+    assert perf.channels_last_pays(discriminator, large, options)
+    perf.prepare_networks([segmentation, None], options, large)
+    volume = perf.prepare_volume(torch.rand(1, 2, 16, 16, 16), options)
+    assert not volume.is_contiguous()  # a two-channel channels_last volume ...
+    seen = []
+    segmentation.down[0].register_forward_pre_hook(lambda _, inputs: seen.append(inputs[0]))
+    with torch.no_grad():
+        segmentation(volume)
+    assert seen[0].is_contiguous()  # ... reaches the contiguous network's layers contiguous
