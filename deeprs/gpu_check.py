@@ -55,8 +55,9 @@ class GpuCheckError(RuntimeError):
 class CpuOpWatcher(TorchDispatchMode):
     """Records every operation that reads or writes a tensor off ``expected`` (a CPU fallback).
 
-    Zero-dimensional CPU tensors are allowed: PyTorch keeps Python scalars (a loss weight,
-    a learning rate) there and they are not a fallback.
+    Single-value CPU tensors are allowed: PyTorch keeps Python scalars (a loss weight, an
+    optimiser's step count) there, and the seeded DSS factor is drawn on the CPU generator
+    on purpose (:func:`deeprs.losses.sample_dss_alpha`); none of them is a fallback.
     """
 
     def __init__(self, expected: torch.device) -> None:
@@ -70,7 +71,7 @@ class CpuOpWatcher(TorchDispatchMode):
             if (
                 isinstance(value, torch.Tensor)
                 and value.device.type != self.expected.type
-                and value.dim() > 0
+                and value.numel() > 1
             ):
                 self.fallbacks.append(f"{func} on {value.device} {tuple(value.shape)}")
                 break

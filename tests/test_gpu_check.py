@@ -16,8 +16,9 @@ META = torch.device("meta")
 def test_watcher_names_operations_that_ran_on_the_cpu():
     with CpuOpWatcher(META) as watcher:
         on_device = torch.ones(3, device=META) * 2
-        scalar = torch.tensor(2.0) * 3  # a 0-dim CPU scalar is not a fallback
-    assert on_device.device == META and scalar.dim() == 0
+        scalar = torch.tensor(2.0) * 3  # a CPU scalar is not a fallback,
+        drawn = torch.rand(1, generator=torch.Generator().manual_seed(0))  # nor a seeded draw
+    assert on_device.device == META and scalar.dim() == 0 and drawn.numel() == 1
     assert watcher.fallbacks == []
     with CpuOpWatcher(META) as watcher:
         torch.ones(3, device=META) + torch.ones(3, device=META)
