@@ -28,8 +28,21 @@ METHOD_COLOURS: dict[str, str] = {
 }
 """One fixed colour per method, the same in every figure."""
 
-METHOD_MARKERS: dict[str, str] = {"deeprs": "o", "unet3d": "s"}
+METHOD_MARKERS: dict[str, str] = {
+    "deeprs": "o",
+    "unet3d": "s",
+    "unet3d_aug": "D",
+    "fcn3d": "v",
+    "vnet": "P",
+    "deepatlas": "X",
+    "hybridcnn": "h",
+    "voxelmorph2": "p",
+    "advreg": "*",
+}
 """Line-plot markers, so that curves differ in shape as well as colour."""
+
+METHOD_LINESTYLES: dict[str, str] = {"deeprs": "-", "unet3d": "--"}
+"""Line styles: DeepRS solid, the 3D U-Net dashed, other methods dash-dotted."""
 
 FALLBACK_COLOURS = ("#BBCC33", "#AAAA00", "#DDDDDD", "#000000", "#0077BB", "#EE7733")
 
@@ -70,6 +83,10 @@ def method_colour(name: str, order: list[str] | None = None) -> str:
 
 def method_marker(name: str) -> str:
     return METHOD_MARKERS.get(name, "^")
+
+
+def method_linestyle(name: str) -> str:
+    return METHOD_LINESTYLES.get(name, "-.")
 
 
 def structure_colour(name: str, order: list[str] | None = None) -> str:

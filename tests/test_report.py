@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,8 +15,10 @@ import torch
 from scipy import stats
 
 from deeprs.errors import DataError
+from deeprs.report import curves, figures
 from deeprs.report.cli import ReportRequest, build_report
 from deeprs.report.collect import METRICS_COLUMNS, collect_folds, label_amount_metrics_path
+from deeprs.train.history import empty_row, write_losses_csv
 
 STRUCTURES = ["myo", "la", "lv"]
 FOLDS = [0, 1]
@@ -29,6 +33,7 @@ LEVELS = {
 }
 TABLE1_METHODS = ["affine", "voxelmorph2", "unet3d", "deepatlas", "deeprs"]
 ABLATION = ["ablation_r", "unet3d", "deeprs"]
+REPEATS = 3
 
 
 def samples_of(task: str, cases: list[str]) -> list[str]:
@@ -70,7 +75,8 @@ def metrics_rows(
 
 
 def write_metrics_set(results: Path) -> None:
-    """Two folds of every method in LEVELS; ``deepatlas`` has no files at all."""
+    """Two folds of every method in LEVELS (losses for the trained ones); ``deepatlas`` has
+    no files at all; three label-amount repeats of two methods."""
     for index, (method, tasks) in enumerate(LEVELS.items()):
         for fold in FOLDS:
             frame = metrics_rows(method, str(fold), tasks, seed=100 * index + fold)
@@ -79,9 +85,11 @@ def write_metrics_set(results: Path) -> None:
             path = results / method / f"fold_{fold}" / "metrics.csv"
             path.parent.mkdir(parents=True, exist_ok=True)
             frame.to_csv(path, index=False)
+            if method != "affine":
+                write_losses(path.parent / "losses.csv", method, seed=fold)
     for index, method in enumerate(["unet3d", "deeprs"]):
         for n_labels in (1, 4):
-            for repeat in (0, 1):
+            for repeat in range(REPEATS):
                 split = f"labels_{n_labels}_rep_{repeat}"
                 level = 0.5 + 0.05 * n_labels + 0.1 * index
                 frame = metrics_rows(
@@ -90,6 +98,21 @@ def write_metrics_set(results: Path) -> None:
                 path = label_amount_metrics_path(results, method, n_labels, repeat)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 frame.to_csv(path, index=False)
+
+
+def write_losses(path: Path, method: str, seed: int, iterations: int = 30) -> None:
+    """A decaying loss per term the method has (segmentation CE, or registration NCC)."""
+    generator = np.random.default_rng(seed)
+    history = []
+    for iteration in range(1, iterations + 1):
+        row = empty_row(iteration)
+        decay = math.exp(-iteration / 10)
+        if "segmentation" in LEVELS[method]:
+            row["seg_ce"] = 1.5 * decay + 0.1 + 0.02 * generator.random()
+        if "registration" in LEVELS[method]:
+            row["reg_cc"] = -0.2 - 0.3 * (1 - decay)
+        history.append(row)
+    write_losses_csv(history, path)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +129,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[P
         structures=STRUCTURES,
         label_amount_methods=["unet3d", "deeprs"],
         label_amounts=[1, 4],
-        repeats=2,
+        repeats=REPEATS,
     )
     return results, out, build_report(request)
 
@@ -226,13 +249,53 @@ def test_label_amount_table_pools_repeats_and_samples(report) -> None:
     pooled = table[
         (table["method"] == "deeprs") & (table["n_labels"] == 4) & (table["repeat"] == "all")
     ]
-    values = []
-    for repeat in (0, 1):
+    values, repeat_means = [], []
+    for repeat in range(REPEATS):
         frame = pd.read_csv(label_amount_metrics_path(results, "deeprs", 4, repeat))
-        values += list(frame.groupby("sample")["dice"].mean() * 100)
-    assert pooled["dice_mean_pct"].item() == pytest.approx(np.mean(values), abs=1e-4)
-    assert pooled["n_samples"].item() == 6
+        per_image = list(frame.groupby("sample")["dice"].mean() * 100)
+        values += per_image
+        repeat_means.append(np.mean(per_image))
+    assert pooled["dice_mean_pct"].item() == pytest.approx(np.mean(repeat_means), abs=1e-4)
+    assert pooled["dice_std_pct"].item() == pytest.approx(np.std(values, ddof=1), abs=1e-4)
+    # The band of the curve: the spread over the repeats' draws of labelled images.
+    assert pooled["repeat_std_pct"].item() == pytest.approx(np.std(repeat_means, ddof=1), abs=1e-4)
+    assert pooled["repeat_std_pct"].item() > 0
+    assert pooled["n_repeats"].item() == REPEATS
+    assert pooled["n_samples"].item() == 3 * REPEATS
     assert set(table["status"]) == {"ok"}
+
+
+def test_label_amount_page_gives_mean_and_std_over_repeats(report) -> None:
+    _, out, _ = report
+    table = pd.read_csv(out / "label_amount.csv", dtype={"repeat": str})
+    point = table[
+        (table["method"] == "unet3d") & (table["n_labels"] == 1) & (table["repeat"] == "all")
+    ]
+    mean, spread = point["dice_mean_pct"].item(), point["repeat_std_pct"].item()
+    text = (out / "label_amount.html").read_text()
+    assert f"<td>{mean:.1f} ± {spread:.1f} (3)</td>" in text
+    assert text.count("<tr>") == 2 + 2 * 2 * REPEATS  # body rows: 2 methods, then every repeat
+    per_fold = (out / "per_fold.html").read_text()
+    assert "<th>fold 0</th>" in per_fold and "<td>R</td>" in per_fold
+
+
+def test_one_repeat_has_no_spread_over_repeats(tmp_path: Path) -> None:
+    write_metrics_set(tmp_path)
+    request = ReportRequest(
+        results=tmp_path,
+        out=tmp_path / "out",
+        methods=["deeprs"],
+        ablation=[],
+        folds=FOLDS,
+        label_amount_methods=["deeprs"],
+        label_amounts=[1],
+        repeats=1,
+    )
+    build_report(request)
+    table = pd.read_csv(tmp_path / "out" / "label_amount.csv", dtype={"repeat": str})
+    pooled = table[table["repeat"] == "all"]
+    assert pooled["n_repeats"].tolist() == [1]
+    assert pooled["repeat_std_pct"].isna().all()
 
 
 def test_every_figure_is_written_and_not_empty(report) -> None:
@@ -245,6 +308,11 @@ def test_every_figure_is_written_and_not_empty(report) -> None:
         "label_amount.png",
         "label_amount.csv",
         "per_fold.csv",
+        "per_fold.html",
+        "label_amount.html",
+        "learning_curves_deeprs.png",
+        "learning_curves_voxelmorph2.png",
+        "learning_curves_unet3d.png",
         *(f"table{n}.{suffix}" for n in (1, 2) for suffix in ("csv", "md", "html", "tex")),
     }
     assert names <= {path.name for path in written}
@@ -273,8 +341,11 @@ def test_missing_label_amount_runs_are_listed(tmp_path: Path) -> None:
     assert summary["status"].tolist() == ["missing", "missing"]
     markdown = (tmp_path / "report" / "table1.md").read_text()
     # A missing method shows "missing" for the tasks it does and "-" for the others.
-    assert "| VoxelMorph-2 (missing) | missing | 71.7 ± 10.6 | - | - | - | - |" in markdown
-    assert "| DeepRS (missing) | missing | 77.6 ± 7.9 | - | missing | 85.7 ± 7.7 | - |" in markdown
+    assert "| VoxelMorph-2 (missing) | missing | 71.7 ± 10.6 | - | - | - | - | - |" in markdown
+    assert (
+        "| DeepRS (missing) | missing | 77.6 ± 7.9 | missing | 85.7 ± 7.7 | - | - | - |" in markdown
+    )
+    assert "| VoxelMorph-2 (missing) | registration | 0 | n/a | n/a |" in markdown
 
 
 def test_partial_method_is_marked(tmp_path: Path) -> None:
@@ -303,6 +374,241 @@ def test_metrics_of_another_method_are_refused(tmp_path: Path) -> None:
         DataError, match="holds rows of method 'unet3d' but sits in the folder of 'deeprs'"
     ):
         collect_folds(tmp_path, ["deeprs"], [0])
+
+
+def markdown_section(text: str, heading: str) -> pd.DataFrame:
+    """The markdown table under ``### heading`` as strings."""
+    block = text.split(f"### {heading}\n\n", 1)[1].split("\n\n", 1)[0]
+    lines = [line.strip("|").split(" | ") for line in block.strip().splitlines()]
+    header, body = [cell.strip() for cell in lines[0]], lines[2:]
+    return pd.DataFrame([[cell.strip() for cell in row] for row in body], columns=header)
+
+
+def test_per_structure_tables_list_every_method_with_mean_and_std(report) -> None:
+    results, out, _ = report
+    table = pd.read_csv(out / "table1.csv").set_index("method")
+    markdown = (out / "table1.md").read_text()
+    registration = markdown_section(
+        markdown, "Registration Dice (%) per structure, mean ± std over test samples"
+    ).set_index("Method")
+    segmentation = markdown_section(
+        markdown, "Segmentation Dice (%) per structure, mean ± std over test samples"
+    ).set_index("Method")
+    assert list(registration.columns) == ["Myo", "LA", "LV", "Mean"]
+    assert registration.index.tolist() == [
+        "Affine only",
+        "VoxelMorph-2",
+        "DeepAtlas (missing)",
+        "DeepRS",
+    ]
+    assert segmentation.index.tolist() == ["3D U-Net", "DeepAtlas (missing)", "DeepRS"]
+    assert set(registration.loc["DeepAtlas (missing)"]) == {"missing"}
+    rows = pd.concat(
+        pd.read_csv(results / "voxelmorph2" / f"fold_{fold}" / "metrics.csv") for fold in FOLDS
+    )
+    la = rows.loc[rows["structure"] == "la", "dice"].to_numpy() * 100
+    assert registration.loc["VoxelMorph-2", "LA"] == f"{la.mean():.1f} ± {la.std(ddof=1):.1f}"
+    assert table.loc["voxelmorph2", "r_dice_la_std"] == pytest.approx(la.std(ddof=1), abs=1e-4)
+    mean = table.loc["voxelmorph2"]
+    assert registration.loc["VoxelMorph-2", "Mean"] == (
+        f"{mean.r_dice_mean:.1f} ± {mean.r_dice_std:.1f}"
+    )
+    ablation = markdown_section(
+        (out / "table2.md").read_text(),
+        "Segmentation Dice (%) per structure, mean ± std over test samples",
+    )
+    assert ablation["Method"].tolist() == ["S", "R+S+DSS+ACM+DRC (DeepRS)"]
+
+
+def test_paired_tests_table_names_the_test_and_the_difference(report) -> None:
+    results, out, _ = report
+    tests = markdown_section(
+        (out / "table1.md").read_text(),
+        "Paired tests: DeepRS against each row "
+        "(two-sided Wilcoxon signed-rank test over the same test samples)",
+    )
+    assert list(tests.columns) == [
+        "Method",
+        "Task",
+        "Pairs",
+        "DeepRS − row, Dice points",
+        "p (Wilcoxon signed-rank)",
+    ]
+    assert tests[["Method", "Task"]].values.tolist() == [
+        ["Affine only", "registration"],
+        ["VoxelMorph-2", "registration"],
+        ["3D U-Net", "segmentation"],
+        ["DeepAtlas (missing)", "registration"],
+        ["DeepAtlas (missing)", "segmentation"],
+    ]
+    reference = hand_sample_scores(results, "deeprs", "registration")
+    other = hand_sample_scores(results, "affine", "registration")
+    keys = sorted(set(reference) & set(other))
+    difference = np.mean([reference[k] - other[k] for k in keys]) * 100
+    p_value = stats.wilcoxon([reference[k] for k in keys], [other[k] for k in keys]).pvalue
+    affine = tests.set_index("Method").loc["Affine only"]
+    assert affine["Pairs"] == "12"
+    assert affine["DeepRS − row, Dice points"] == f"{difference:+.1f}"
+    assert affine["p (Wilcoxon signed-rank)"] == ("<0.001" if p_value < 0.001 else f"{p_value:.3f}")
+    summary = pd.read_csv(out / "table1.csv").set_index("method")
+    assert summary.loc["affine", "r_mean_difference"] == pytest.approx(difference, abs=1e-6)
+
+
+def test_html_tables_are_short_and_name_the_venue_and_test(report) -> None:
+    _, out, _ = report
+    for stem in ("table1", "table2"):
+        text = (out / f"{stem}.html").read_text()
+        headers = [
+            len(re.findall(r"<th", head)) for head in re.findall(r"<thead>.*?</thead>", text, re.S)
+        ]
+        assert len(headers) == 4, stem  # Dice, tests, per structure R, per structure S
+        assert max(headers) <= 9, headers
+        assert "Wilcoxon signed-rank" in text and "ECCV 2020" in text and "MICCAI" not in text
+    tex = (out / "table1.tex").read_text()
+    assert tex.count(r"\begin{table}") == 4 and r"\label{tab:table1-tests}" in tex
+
+
+class FigureRecorder:
+    """Stands in for ``save_figure``: keeps each figure's axes, then saves as usual."""
+
+    def __init__(self) -> None:
+        self.saved: dict[str, plt.Figure] = {}
+        self.original = figures.save_figure
+
+    def __call__(self, figure, path):
+        self.saved[Path(path).name] = figure
+        return self.original(figure, path)
+
+
+def visible_axes(figure) -> list:
+    return [axis for axis in figure.axes if axis.axison]
+
+
+def test_every_figure_axis_has_a_label_and_curves_differ_without_colour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = FigureRecorder()
+    monkeypatch.setattr(figures, "save_figure", recorder)
+    monkeypatch.setattr(curves, "save_figure", recorder)
+    monkeypatch.setattr(plt, "close", lambda figure=None: None)
+    write_metrics_set(tmp_path)
+    request = ReportRequest(
+        results=tmp_path,
+        out=tmp_path / "out",
+        methods=TABLE1_METHODS,
+        ablation=ABLATION,
+        folds=FOLDS,
+        structures=STRUCTURES,
+        label_amount_methods=["unet3d", "deeprs"],
+        label_amounts=[1, 4],
+        repeats=REPEATS,
+    )
+    build_report(request)
+    expected = {
+        "boxplot_registration.png",
+        "boxplot_segmentation.png",
+        "label_amount.png",
+        "learning_curves_deeprs.png",
+        "learning_curves_unet3d.png",
+    }
+    assert expected <= set(recorder.saved)
+    for name, figure in recorder.saved.items():
+        for axis in visible_axes(figure):
+            assert axis.get_xlabel() and axis.get_ylabel(), (name, axis.get_title())
+    # Learning curves: one panel per non-zero term, a line per fold and their mean.
+    deeprs_curves = visible_axes(recorder.saved["learning_curves_deeprs.png"])
+    assert [axis.get_title() for axis in deeprs_curves] == [
+        "R: local NCC",
+        "S: CE on augmentation data",
+    ]
+    assert [line.get_label() for line in deeprs_curves[0].get_lines()] == [
+        "fold 0",
+        "fold 1",
+        "mean",
+    ]
+    # Label-amount curves: marker and line style differ between methods, not only colour.
+    axis = visible_axes(recorder.saved["label_amount.png"])[0]
+    curves_drawn = {
+        line.get_label(): line for line in axis.get_lines() if not line.get_label().startswith("_")
+    }
+    assert set(curves_drawn) == {"3D U-Net (mean of 3 repeats)", "DeepRS (mean of 3 repeats)"}
+    unet, deeprs = curves_drawn.values()
+    assert unet.get_marker() != deeprs.get_marker()
+    assert unet.get_linestyle() != deeprs.get_linestyle()
+    assert len(axis.collections) == 2  # one band per method
+
+
+def test_loss_panels_of_training_have_axis_labels(tmp_path: Path, monkeypatch) -> None:
+    from deeprs.train import history
+
+    closed = []
+    monkeypatch.setattr(history.plt, "close", closed.append)
+    rows = []
+    for iteration in range(1, 11):
+        row = history.empty_row(iteration)
+        row["seg_ce"], row["reg_cc"] = 1.0 / iteration, -0.1 * iteration
+        rows.append(row)
+    history.plot_losses(rows, tmp_path / "losses.png", "deeprs fold 0")
+    (figure,) = closed
+    panels = visible_axes(figure)
+    assert len(panels) == 2
+    assert all(axis.get_xlabel() == "iteration" and axis.get_ylabel() for axis in panels)
+
+
+def test_subset_report_never_replaces_the_study_report(tmp_path: Path, capsys) -> None:
+    from deeprs.cli import main
+
+    write_metrics_set(tmp_path)
+    study = tmp_path / "report"
+    study.mkdir()
+    (study / "table2.csv").write_text("the study's table\n")
+    arguments = ["report", "--results", str(tmp_path), "--methods", "affine", "deeprs"]
+    arguments += ["--folds", "0"]
+    assert main(arguments) == 0
+    assert (study / "table2.csv").read_text() == "the study's table\n"
+    assert sorted(path.name for path in study.iterdir()) == ["table2.csv"]
+    subset = pd.read_csv(tmp_path / "report_subset" / "table1.csv")
+    assert subset["method"].tolist() == ["affine", "deeprs"]
+    assert main([*arguments, "--out", str(study)]) == 2
+    message = capsys.readouterr().err.strip()
+    assert "is the study's report" in message and "--replace-study-report" in message
+    assert message.count("\n") == 0
+    assert (study / "table2.csv").read_text() == "the study's table\n"
+    assert main([*arguments, "--out", str(study), "--replace-study-report"]) == 0
+    assert pd.read_csv(study / "table1.csv")["method"].tolist() == ["affine", "deeprs"]
+
+
+def write_preprocessed_qc(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "case": ["ct_train_1001", "ct_test_2001"],
+            "labelled": [True, False],
+            "box_source": ["label", "carried"],
+            "affine_determinant": [0.98, 1.0],
+            "dice_pairwise_crop": [0.61, math.nan],
+            "dice_pairwise_affine": [0.64, math.nan],
+            "elastix_log": ["a", "b"],
+        }
+    ).to_csv(folder / "qc.csv", index=False)
+    figure, axis = plt.subplots(figsize=(1, 1))
+    axis.imshow(np.eye(4))
+    figure.savefig(folder / "mosaic.png")
+
+
+def test_qc_page_shows_every_case_and_embeds_the_mosaic(tmp_path: Path) -> None:
+    from deeprs.report import qc
+
+    write_preprocessed_qc(tmp_path / "preprocessed")
+    path = qc.write_qc_page(tmp_path / "preprocessed", tmp_path / "qc.html")
+    text = path.read_text()
+    assert "<td>ct_train_1001</td>" in text and "<td>ct_test_2001</td>" in text
+    assert "Dice to others, affine" in text and "elastix_log" not in text
+    assert "data:image/png;base64,iVBOR" in text
+    assert "Mean Dice to the other cases: 0.610 after cropping, 0.640 after the affine" in text
+    (tmp_path / "preprocessed" / "mosaic.png").unlink()
+    with pytest.raises(DataError, match="mosaic.png' is missing; rerun `deeprs preprocess`"):
+        qc.write_qc_page(tmp_path / "preprocessed", tmp_path / "qc.html")
 
 
 # --- overlays (Figs. 6 and 7) -------------------------------------------------------------
@@ -463,6 +769,7 @@ def test_snakemake_report_rule_and_html_report(tmp_path: Path, repo_root: Path) 
     import sys
 
     from deeprs.config import load_config
+    from deeprs.methods import get_method
     from deeprs.report.paper import TABLE1, TABLE2
 
     config = load_config(repo_root / "config" / "smoke.yaml")
@@ -487,6 +794,12 @@ def test_snakemake_report_rule_and_html_report(tmp_path: Path, repo_root: Path) 
                 path = label_amount_metrics_path(results, method, n_labels, repeat)
                 path.parent.mkdir(parents=True)
                 rows.to_csv(path, index=False)
+    for method in dict.fromkeys(config["methods"] + config["ablation"]):
+        if get_method(method).trains:
+            for fold in range(config["folds"]["n_folds"]):
+                path = results / method / f"fold_{fold}" / "losses.csv"
+                write_losses(path, "deeprs", seed=fold)
+    write_preprocessed_qc(results / "preprocessed")
     command = [sys.executable, "-m", "snakemake", "-s", str(repo_root / "Snakefile")]
     command += [
         "--configfile",
@@ -515,3 +828,6 @@ def test_snakemake_report_rule_and_html_report(tmp_path: Path, repo_root: Path) 
     assert run.returncode == 0, run.stderr[-2000:]
     text = html.read_text()
     assert "DeepRS against the baselines" in text and "Fig. 8" in text
+    assert "ECCV 2020" in text and "MICCAI" not in text
+    assert "Study configuration" in text and "learning_curves_deeprs.png" in text
+    assert (results / "report" / "qc.html").is_file()

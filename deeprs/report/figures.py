@@ -1,8 +1,8 @@
 """Box plots of Dice per structure (Fig. 5) and the label-amount curve (Fig. 8).
 
-Every figure draws methods in the order they are listed and in the fixed colours of
-``deeprs.report.paper``, so a method looks the same in every plot; DeepRS is red, with a
-thicker outline.
+Every figure draws methods in the order they are listed and in the fixed colours, markers
+and line styles of ``deeprs.palette``, so a method looks the same in every plot; DeepRS is
+Tol's rose, with a black outline on its boxes.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 
 from deeprs.io import atomic_path  # noqa: E402
-from deeprs.palette import method_colour  # noqa: E402
+from deeprs.palette import method_colour, method_linestyle, method_marker  # noqa: E402
 from deeprs.report.collect import sample_scores  # noqa: E402
 from deeprs.report.paper import REFERENCE_METHOD, does_task  # noqa: E402
 
@@ -71,8 +71,8 @@ def boxplot_dice(
     order = list(dict.fromkeys(methods))
     palette = {title(method): method_colour(method, order) for method in present}
 
-    width = max(6.0, 0.28 * len(groups) * max(len(present), 1) + 2.0)
-    figure, axes = plt.subplots(figsize=(width, 4.2))
+    width = max(9.0, 0.3 * len(groups) * max(len(present), 1) + 2.5)
+    figure, axes = plt.subplots(figsize=(width, 6.0))
     if present:
         sns.boxplot(
             data=data,
@@ -89,8 +89,9 @@ def boxplot_dice(
         )
         axes.legend(
             title=None,
-            ncol=min(len(present), 8),
-            fontsize=8,
+            ncol=min(len(present), 7),
+            fontsize=12,
+            handlelength=1.6,
             loc="lower left",
             bbox_to_anchor=(0, 1.02),
             frameon=False,
@@ -102,11 +103,12 @@ def boxplot_dice(
         )
     axes.axvline(len(groups) - 1.5, color="0.6", linewidth=0.8, linestyle=":")
     axes.set_ylim(dice_axis_floor(data["dice_pct"]), 100)
-    axes.set_xlabel("")
-    axes.set_ylabel(f"{task.capitalize()} Dice (%)")
+    axes.set_xlabel("structure (Mean: per-sample mean over structures)", fontsize=12)
+    axes.set_ylabel(f"{task.capitalize()} Dice (%)", fontsize=12)
+    axes.tick_params(labelsize=11)
     note = _missing_note([title(m) for m in order if m not in present and does_task(m, task)])
     if note:
-        axes.annotate(note, (0, -0.12), xycoords="axes fraction", fontsize=8, color="0.3")
+        axes.annotate(note, (0, -0.16), xycoords="axes fraction", fontsize=10, color="0.3")
     sns.despine(ax=axes)
     paths = [save_figure(figure, Path(f"{out_stem}.{suffix}")) for suffix in ("svg", "png")]
     plt.close(figure)
@@ -127,10 +129,13 @@ def _outline_reference(axes: plt.Axes, reference_label: str, reference_colour: s
 
 
 def label_amount_table(samples: pd.DataFrame, expected: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std Dice (%) per method, label amount and repeat, plus ``repeat = all``.
+    """Dice (%) per method, label amount and repeat, plus a ``repeat = all`` row per point.
 
-    ``expected`` lists every (method, n_labels, repeat) asked for, so that runs without
-    metrics appear with ``status = missing`` and no numbers.
+    Per-repeat rows: mean and std over that repeat's test images. ``all`` rows: the mean of
+    the repeats' means, ``repeat_std_pct`` their std (ddof=1; the spread due to which
+    images were labelled, NaN for one repeat) and ``dice_std_pct`` the std over every test
+    image of every repeat. ``expected`` lists every (method, n_labels, repeat) asked for,
+    so that runs without metrics appear with ``status = missing`` and no numbers.
     """
     segmentation = samples[samples["task"] == "segmentation"].copy()
     segmentation["repeat"] = segmentation["repeat"].astype(int)
@@ -147,7 +152,15 @@ def label_amount_table(samples: pd.DataFrame, expected: pd.DataFrame) -> pd.Data
     per_repeat = expected.merge(per_repeat, on=keys, how="left")
     per_repeat["status"] = per_repeat["n_samples"].map(lambda n: "ok" if n > 0 else "missing")
     per_repeat["n_samples"] = per_repeat["n_samples"].fillna(0).astype(int)
-    pooled = summary(segmentation.groupby(["method", "n_labels"])["dice"])
+    per_repeat["n_repeats"] = (per_repeat["status"] == "ok").astype(int)
+    done = per_repeat[per_repeat["status"] == "ok"]
+    pooled = (
+        done.groupby(["method", "n_labels"])["dice_mean_pct"]
+        .agg(n_repeats="count", dice_mean_pct="mean", repeat_std_pct=lambda d: d.std(ddof=1))
+        .reset_index()
+    )
+    images = summary(segmentation.groupby(["method", "n_labels"])["dice"])
+    pooled = pooled.merge(images[["method", "n_labels", "n_samples", "dice_std_pct"]])
     pooled["repeat"] = "all"
     pooled["status"] = "ok"
     per_repeat["repeat"] = per_repeat["repeat"].astype(str)
@@ -161,58 +174,66 @@ def label_amount_table(samples: pd.DataFrame, expected: pd.DataFrame) -> pd.Data
         "repeat",
         "status",
         "n_samples",
+        "n_repeats",
         "dice_mean_pct",
         "dice_std_pct",
+        "repeat_std_pct",
     ]
-    return table[columns].reset_index(drop=True)
+    return table.reindex(columns=columns).reset_index(drop=True)
 
 
 def label_amount_plot(
-    samples: pd.DataFrame, methods: list[str], title: Callable[[str], str], out_path: Path
+    table: pd.DataFrame, methods: list[str], title: Callable[[str], str], out_path: Path
 ) -> Path:
-    """Mean Dice against the number of labels; band = std over all samples of all repeats."""
-    segmentation = samples[samples["task"] == "segmentation"]
+    """Mean Dice against the number of labels from ``label_amount_table``.
+
+    One curve per method (its colour, marker and line style, so curves differ without
+    colour), the band ± 1 std over repeats, and a small hollow marker per repeat's mean.
+    """
     order = list(dict.fromkeys(methods))
-    present = [method for method in order if method in set(segmentation["method"])]
-    data = segmentation.assign(
-        dice_pct=segmentation["dice"] * 100, label=segmentation["method"].map(title)
-    )
-    figure, axes = plt.subplots(figsize=(5.2, 3.8))
+    pooled = table[table["repeat"] == "all"]
+    repeats = table[(table["repeat"] != "all") & (table["status"] == "ok")]
+    present = [method for method in order if method in set(pooled["method"])]
+    figure, axes = plt.subplots(figsize=(8.0, 5.6))
+    lowest = []
+    for method in present:
+        colour = method_colour(method, order)
+        points = pooled[pooled["method"] == method].sort_values("n_labels")
+        x = points["n_labels"].to_numpy(dtype=float)
+        mean = points["dice_mean_pct"].to_numpy(dtype=float)
+        spread = points["repeat_std_pct"].fillna(0).to_numpy(dtype=float)
+        n_repeats = int(points["n_repeats"].max())
+        axes.fill_between(x, mean - spread, mean + spread, color=colour, alpha=0.2, linewidth=0)
+        axes.plot(
+            x,
+            mean,
+            color=colour,
+            marker=method_marker(method),
+            linestyle=method_linestyle(method),
+            markersize=8,
+            linewidth=2,
+            label=f"{title(method)} (mean of {n_repeats} repeat{'s' if n_repeats != 1 else ''})",
+        )
+        own = repeats[repeats["method"] == method]
+        axes.plot(
+            own["n_labels"].to_numpy(dtype=float),
+            own["dice_mean_pct"].to_numpy(dtype=float),
+            linestyle="none",
+            marker=method_marker(method),
+            markersize=5,
+            markerfacecolor="none",
+            markeredgecolor=colour,
+        )
+        lowest += [*(mean - spread), *own["dice_mean_pct"]]
     if present:
-        sns.lineplot(
-            data=data,
-            x="n_labels",
-            y="dice_pct",
-            hue="label",
-            hue_order=[title(method) for method in present],
-            palette={title(method): method_colour(method, order) for method in present},
-            errorbar="sd",
-            marker="o",
-            ax=axes,
-        )
-        repeat_means = (
-            data.groupby(["label", "n_labels", "repeat"])["dice_pct"].mean().reset_index()
-        )
-        sns.stripplot(
-            data=repeat_means,
-            x="n_labels",
-            y="dice_pct",
-            hue="label",
-            native_scale=True,
-            hue_order=[title(method) for method in present],
-            palette={title(method): method_colour(method, order) for method in present},
-            marker="x",
-            size=5,
-            linewidth=1,
-            jitter=False,
-            legend=False,
-            ax=axes,
-        )
-        axes.set_xticks(sorted(data["n_labels"].unique()))
-        axes.legend(title=None, frameon=False, loc="lower right")
+        axes.set_xticks(sorted(pooled["n_labels"].unique()))
+        axes.legend(title=None, frameon=False, loc="lower right", fontsize=11)
+        several = pooled["n_repeats"].max() > 1
         axes.set_title(
-            "line: mean, band: ± 1 std over test images (all repeats), x: one repeat's mean",
-            fontsize=7,
+            "line: mean over repeats; band: ± 1 std over repeats; hollow markers: one repeat each"
+            if several
+            else "one repeat per point: no spread over draws of the labelled images",
+            fontsize=10,
             color="0.3",
         )
     else:
@@ -221,12 +242,11 @@ def label_amount_plot(
         )
     note = _missing_note([title(method) for method in order if method not in present])
     if note:
-        axes.annotate(note, (0, -0.2), xycoords="axes fraction", fontsize=8, color="0.3")
-    grouped = data.groupby(["label", "n_labels"])["dice_pct"]
-    band_bottom = (grouped.mean() - grouped.std().fillna(0)).reset_index(drop=True)
-    axes.set_ylim(dice_axis_floor(pd.concat([data["dice_pct"], band_bottom])), 100)
-    axes.set_xlabel("labelled training images")
-    axes.set_ylabel("Segmentation Dice (%), mean over structures")
+        axes.annotate(note, (0, -0.16), xycoords="axes fraction", fontsize=9, color="0.3")
+    axes.set_ylim(dice_axis_floor(pd.Series(lowest, dtype=float)), 100)
+    axes.set_xlabel("labelled training images", fontsize=12)
+    axes.set_ylabel("Segmentation Dice (%), mean over structures", fontsize=12)
+    axes.tick_params(labelsize=11)
     axes.grid(axis="y", color="0.9")
     sns.despine(ax=axes)
     path = save_figure(figure, out_path)

@@ -1,6 +1,6 @@
 """What the paper reports, and how each method is named, ordered and coloured in print.
 
-The figures are He et al. (MICCAI 2020), Tables 1 and 2: Dice in % as mean ± std over the
+The figures are He et al. (ECCV 2020), Tables 1 and 2: Dice in % as mean ± std over the
 test samples of five folds. Keeping them here (not in the tables code) puts every number
 copied from the paper in one place that a reader can check against the PDF.
 """

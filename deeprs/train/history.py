@@ -64,6 +64,7 @@ def plot_losses(history: list[dict[str, float]], path: Path, title: str) -> None
         axis.plot(frame["iteration"], smooth, color="C3", linewidth=1.5, label=f"mean of {window}")
         axis.set_title(LOSS_TERMS[term], fontsize=9)
         axis.set_xlabel("iteration")
+        axis.set_ylabel("loss (unweighted)")
         axis.grid(alpha=0.3)
     for axis in list(axes.flat)[len(active) :]:
         axis.axis("off")
