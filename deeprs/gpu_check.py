@@ -263,6 +263,13 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GpuCheckError("no CUDA device: torch.cuda.is_available() is False")
+    try:
+        import deeprs.train.trainer  # noqa: F401  (the training code and what it imports)
+    except ModuleNotFoundError as error:
+        raise GpuCheckError(
+            f"the training code needs the module '{error.name}', which this Python lacks; "
+            f"install it (pip install {error.name}) or use an environment that has it"
+        ) from error
     report: dict[str, Any] = {
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

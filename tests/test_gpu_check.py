@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
 import json
+import sys
 
 import pytest
 import torch
@@ -76,3 +78,19 @@ def test_bad_shape_is_one_clear_line(tmp_path, capsys):
     arguments = ["--device", "cpu", "--shape", "16x16", "--bench-sizes", ""]
     assert gpu_check.main([*arguments, "--out", str(tmp_path / "g.json")]) == 2
     assert "option --shape: '16x16' must be XxYxZ, multiples of 16" in capsys.readouterr().err
+
+
+def test_a_module_the_gpu_machine_lacks_is_named(monkeypatch, tmp_path, capsys):
+    """The GPU machine has torch but maybe not every import of the training code."""
+    real_import = builtins.__import__
+
+    def without_tqdm(name, *args, **kwargs):
+        if name == "tqdm":
+            raise ModuleNotFoundError("No module named 'tqdm'", name="tqdm")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "deeprs.train.trainer", raising=False)
+    monkeypatch.setattr(builtins, "__import__", without_tqdm)
+    arguments = ["--device", "cpu", "--bench-sizes", "", "--out", str(tmp_path / "g.json")]
+    assert gpu_check.main(arguments) == 1
+    assert "GPU CHECK FAILED: the training code needs the module 'tqdm'" in capsys.readouterr().err
