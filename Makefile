@@ -2,9 +2,13 @@
 # cohort) and `make test` (the test suite). Both create .venv and install on first use.
 VENV ?= .venv
 PYTHON ?= python3
-# The torch build to install first; a GPU machine may pin another (e.g. TORCH=torch==2.13.0
-# from the CUDA index). The project itself accepts any torch 2.x >= 2.4.
+# The torch build to install first (the project accepts any torch >=2.4,<3). Where does it
+# come from: without an NVIDIA GPU (no `nvidia-smi`) from PyTorch's CPU index, a wheel of
+# about 200 MB instead of PyPI's multi-GB CUDA build; with one from PyPI (CUDA 12 wheels).
+# Override either, e.g. `make setup TORCH_INDEX=https://download.pytorch.org/whl/cu126`
+# or `make setup TORCH_INDEX=` (PyPI). An installed torch is kept as it is.
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
 CORES ?= all
 BIN := $(VENV)/bin
 
@@ -14,7 +18,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH)"
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH)"$(if $(TORCH_INDEX), --index-url $(TORCH_INDEX))
 	$(BIN)/pip install -e ".[test]"
 	touch $@
 
@@ -32,6 +36,7 @@ gpu-check:
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests/test_lint.py
 
 format: setup
 	$(BIN)/ruff format .

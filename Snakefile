@@ -3,15 +3,25 @@
 # calls one `deeprs` subcommand. Default target: `reproduce`.
 import sys
 
-from deeprs.config import validate_config
+from deeprs.config import read_config_file, validate_config
 from deeprs.errors import ConfigError
 
+DEFAULT_CONFIG = "config/config.yaml"
+
+# Each config file is read strictly first: the demo preset before Snakemake loads it, so a
+# YAML mistake is one line with its line and column, and a --configfile (which Snakemake
+# parses before this file runs) for keys given twice, which plain YAML keeps silently.
+try:
+    for path in workflow.config_settings.configfiles or [DEFAULT_CONFIG]:
+        read_config_file(path)
+except ConfigError as error:
+    sys.exit(f"deeprs: {error}")
 
 # A config given with --configfile replaces the demo preset instead of being merged into it
 # (a merge would, e.g., unite two label tables).
 if not workflow.config_settings.configfiles:
 
-    configfile: "config/config.yaml"
+    configfile: DEFAULT_CONFIG
 
 report: "workflow/report/workflow.rst"
 
@@ -30,6 +40,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/bench.smk"
+include: "workflow/rules/predict.smk"
 
 
 # Rules that only read small files run where Snakemake runs, not as cluster jobs.

@@ -134,16 +134,16 @@ def _ours_step(case: BenchCase, device: torch.device) -> Callable[[], None]:
     from deeprs.nets.spatial import warp
     from deeprs.train.steps import (
         Pair,
-        StepContext,
         discriminator_step,
         registration_step,
         segmentation_step,
     )
-    from deeprs.train.trainer import TrainSettings, build_networks
+    from deeprs.train.trainer import TrainSettings, build_step
 
     method = get_method("deeprs")
     settings = TrainSettings(width=case.width, seed=case.seed, weights=WEIGHTS)
-    networks, _ = build_networks(method, NUM_CLASSES, settings, device)
+    step = build_step(method, NUM_CLASSES, settings, device)
+    networks, context = step.networks, step.context
     moving, label, fixed = (
         tensor.to(device) for tensor in synthetic_pair(_zyx(case), NUM_CLASSES, case.seed)
     )
@@ -154,15 +154,6 @@ def _ours_step(case: BenchCase, device: torch.device) -> Callable[[], None]:
         _zyx(case),
     )
     moving, fixed = (perf.prepare_volume(v, options) for v in (moving, fixed))
-    context = StepContext(
-        method=method,
-        weights=settings.weights,
-        num_classes=NUM_CLASSES,
-        device=device,
-        generator=torch.Generator().manual_seed(case.seed),
-        base_lr=settings.lr,
-        cpu_bf16=settings.cpu_bf16,
-    )
     pair = Pair(moving=moving, moving_label=label, fixed=fixed, fixed_label=None)
     with torch.no_grad():
         displacement = networks.registration(moving, fixed).float()

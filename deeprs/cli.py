@@ -8,6 +8,7 @@ Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -15,14 +16,18 @@ import sys
 from deeprs.errors import DeeprsError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "phantom": ("deeprs.data.phantom", "generate the synthetic cardiac CT cohort"),
+    "phantom": ("deeprs.phantom.cli", "generate the synthetic cardiac CT cohort"),
     "preprocess": ("deeprs.preprocess.pipeline", "crop, affine-align and resample a cohort"),
-    "split": ("deeprs.folds", "write the five folds and the label-amount splits"),
+    "split": ("deeprs.commands.split", "write the folds and the label-amount splits"),
     "train": ("deeprs.train.cli", "train one method on one fold"),
     "evaluate": ("deeprs.evaluate.cli", "Dice, HD95 and folding of a trained method on a fold"),
     "report": ("deeprs.report.cli", "tables and figures from the metrics"),
+    "overlays": ("deeprs.report.overlays", "Figs. 6-7: one slice per method, Dice per panel"),
+    "export": ("deeprs.inference.export", "model.pt + preprocessing plan -> one model bundle"),
+    "predict": ("deeprs.inference.predict", "label maps of new images on their own grids"),
+    "register": ("deeprs.inference.register", "moved image and label, ITK affine + warp field"),
     "bench": ("deeprs.bench", "time and memory of the training steps, against a reference"),
-    "check-config": ("deeprs.config", "validate a config file against the schema"),
+    "check-config": ("deeprs.commands.check_config", "validate a config file against the schema"),
 }
 
 
@@ -62,6 +67,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except DeeprsError as error:
         print(f"deeprs {name}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # A write outside deeprs.io.atomic_path (a log): still one line, still exit 2.
+        print(
+            f"deeprs {name}: error: no space left on device while writing "
+            f"'{error.filename or 'a file'}'; free space and rerun",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -17,3 +17,7 @@ class ConfigError(DeeprsError):
 
 class DataError(DeeprsError):
     """An input image, label or case list cannot be used as it is."""
+
+
+class WriteError(DeeprsError):
+    """An output could not be written whole (a full disk, a read-only folder); nothing was kept."""

@@ -1,29 +1,27 @@
-"""The cross-validation folds and the label-amount splits (``deeprs split``).
+"""The cross-validation folds and the label-amount splits (``deeprs split``, :mod:`deeprs.commands.split`).
 
 Folds follow the paper: the labelled cases are split into ``n_folds`` seeded parts; fold k
 trains with part k as moving images (few-shot: 4 of the 20 MM-WHS labels) and all
 unlabelled cases as fixed images, and tests on the other parts. Label-amount splits use
 one fixed test set and nested seeded draws of ``n`` training labels from the rest. Cases
-are always grouped by ``subject`` so that the two frames of one ACDC patient never sit on
-both sides of a split. The protocol, including cohorts without unlabelled cases, is in
+are always grouped by ``subject`` (the rule is in :mod:`deeprs.data.grouping`) so that the
+two frames of one ACDC patient never sit on both sides of a split, and every split is
+checked for that before any is written. The protocol, including cohorts without unlabelled cases, is in
 ``docs/methods.md`` (section "Folds").
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from deeprs.data.cases import Manifest, Split, load_manifest
-from deeprs.errors import ConfigError
+from deeprs.data.cases import Manifest, Split
+from deeprs.errors import ConfigError, DeeprsError
 from deeprs.io import write_json
-
-log = logging.getLogger(__name__)
 
 # Registration is evaluated on ordered pairs of test cases, so a test set needs two.
 MIN_TEST_CASES = 2
@@ -140,35 +138,67 @@ def make_label_amount_splits(
     return splits
 
 
-def fold_file_names(n_folds: int) -> list[str]:
-    return [f"fold_{k}.json" for k in range(n_folds)]
+def check_subjects_apart(split: Split, manifest: Manifest) -> None:
+    """Refuse a split that puts one subject in both its training images and its test set.
+
+    The splitting above keeps subjects whole by construction; this check, run on every
+    split before any is written, makes a leak impossible rather than merely unlikely.
+    """
+    training = {manifest.record(case).subject: case for case in split.train_moving}
+    training.update({manifest.record(case).subject: case for case in split.train_fixed})
+    for case in split.test:
+        subject = manifest.record(case).subject
+        if subject in training:
+            raise DeeprsError(
+                f"split {split.name} would put subject '{subject}' in training "
+                f"('{training[subject]}') and in test ('{case}'); this is a bug in "
+                "deeprs.folds, please report it"
+            )
 
 
-def label_split_file_names(amounts: Sequence[int], repeats: int) -> list[str]:
-    return [f"labels_{n}_rep_{r}.json" for r in range(repeats) for n in sorted(set(amounts))]
+@dataclass(frozen=True)
+class FoldSettings:
+    """Config section ``folds`` and the study's seed (defaults in the config schema)."""
+
+    n_folds: int
+    label_amounts: list[int]
+    label_amount_repeats: int
+    seed: int
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", type=Path, required=True, help="preprocessed manifest.json")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the split files")
-    parser.add_argument("--n-folds", type=int, default=5)
-    parser.add_argument("--label-amounts", type=int, nargs="*", default=[1, 4, 7, 10])
-    parser.add_argument("--repeats", type=int, default=3, help="draws per label amount")
-    parser.add_argument("--seed", type=int, required=True)
+def fold_names(n_folds: int) -> list[str]:
+    """``fold_0`` ...: the names of the cross-validation splits."""
+    return [f"fold_{k}" for k in range(n_folds)]
 
 
-def run(args: argparse.Namespace) -> int:
-    manifest = load_manifest(args.manifest)
-    splits = make_folds(manifest, args.n_folds, args.seed)
-    if args.label_amounts:
-        splits += make_label_amount_splits(manifest, args.label_amounts, args.repeats, args.seed)
-    for split in splits:
-        write_json(args.out / f"{split.name}.json", split.to_json())
-        log.info(
-            "%s: %d moving, %d fixed, %d test",
-            split.name,
-            len(split.train_moving),
-            len(split.train_fixed),
-            len(split.test),
+def label_split_names(amounts: Sequence[int], repeats: int) -> list[str]:
+    """``labels_{n}_rep_{r}``: the names of the label-amount splits."""
+    return [f"labels_{n}_rep_{r}" for r in range(repeats) for n in sorted(set(amounts))]
+
+
+def split_names(settings: FoldSettings) -> list[str]:
+    """Every split the settings make, in the order :func:`make_splits` returns them."""
+    names = fold_names(settings.n_folds)
+    if settings.label_amounts:
+        names += label_split_names(settings.label_amounts, settings.label_amount_repeats)
+    return names
+
+
+def make_splits(manifest: Manifest, settings: FoldSettings) -> list[Split]:
+    """The folds, then the label-amount splits (none when ``label_amounts`` is empty)."""
+    splits = make_folds(manifest, settings.n_folds, settings.seed)
+    if settings.label_amounts:
+        splits += make_label_amount_splits(
+            manifest, settings.label_amounts, settings.label_amount_repeats, settings.seed
         )
-    return 0
+    return splits
+
+
+def write_splits(manifest: Manifest, settings: FoldSettings, out: Path) -> list[Split]:
+    """Write ``{out}/{name}.json`` for every split; return the splits."""
+    splits = make_splits(manifest, settings)
+    for split in splits:
+        check_subjects_apart(split, manifest)
+    for split in splits:
+        write_json(out / f"{split.name}.json", split.to_json())
+    return splits

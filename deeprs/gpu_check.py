@@ -159,18 +159,18 @@ def train_once(
     from deeprs.methods import get_method
     from deeprs.train.steps import (
         Pair,
-        StepContext,
         discriminator_step,
         registration_step,
         segmentation_step,
     )
-    from deeprs.train.trainer import TrainSettings, build_networks
+    from deeprs.train.trainer import TrainSettings, build_step
 
     x, y, z = shape_xyz
     shape_zyx = (z, y, x)
     method = get_method("deeprs")
     settings = TrainSettings(width=width, seed=seed, iterations=iterations)
-    networks, _ = build_networks(method, NUM_CLASSES, settings, device)
+    setup = build_step(method, NUM_CLASSES, settings, device)
+    networks, context = setup.networks, setup.context
     options = perf.default_options(device)
     modules = [networks.registration, networks.segmentation, networks.discriminator]
     perf.prepare_networks(modules, options, shape_zyx)
@@ -181,15 +181,6 @@ def train_once(
         )
     ]
     training, testing = cohort[:TRAINING_VOLUMES], cohort[TRAINING_VOLUMES:]
-    context = StepContext(
-        method=method,
-        weights=settings.weights,
-        num_classes=NUM_CLASSES,
-        device=device,
-        generator=torch.Generator().manual_seed(seed),
-        base_lr=settings.lr_discriminator,
-        cpu_bf16=settings.cpu_bf16,
-    )
     order = torch.Generator().manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -1,15 +1,18 @@
-"""The method registry: every row of the paper's tables as switches of the one trainer.
+"""The method registry: every row of the paper's tables as a set of loss terms of the one trainer.
 
-A :class:`MethodSpec` says which networks a method has and which loss terms train them;
-:mod:`deeprs.train.trainer` reads nothing else. Adding a method is one declaration here,
-never a copy of the training loop. ``docs/methods.md`` explains each choice.
+A :class:`MethodSpec` lists the loss terms (:mod:`deeprs.terms`) that train a method's
+networks and its few constants; :mod:`deeprs.train` reads nothing else. Adding a method is
+one declaration here, never a copy of the training loop. ``docs/methods.md`` explains each
+choice. Torch-free: the Snakefile reads it while it builds the DAG.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from deeprs.errors import DeeprsError
+from deeprs.terms import TERMS
 
 SEGMENTATION_KINDS = ("unet3d", "fcn3d", "vnet")
 SEGMENTATION_LOSSES = ("ce", "dice")
@@ -17,41 +20,23 @@ SEGMENTATION_LOSSES = ("ce", "dice")
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """The switches of one method.
+    """One method: the loss terms it trains with (:mod:`deeprs.terms`) and its constants.
 
-    Registration (R) losses: ``adversarial`` (from D), ``drc`` (S frozen), ``similarity_ncc``,
-    ``smoothness``, ``anatomy_dice`` (DeepAtlas: Dice of warped label vs the fixed label or
-    S(fixed)) and ``label_constraint`` (HybridCNN: Dice of warped label vs the fixed label,
-    only for pairs where both are labelled).
-    Segmentation (S) losses: ``augmentation_data`` (CE on warped image vs warped label),
-    ``acm`` (eq. 1, weighted by D's confidence), ``weak_supervision_unweighted`` (warped
-    label as target for S(fixed), unweighted) and ``supervised`` (the labelled training
-    images with their own labels, optionally with ``manual_augmentation``).
+    The networks follow from the terms: a method has R, S or D when one of its terms trains
+    that network. ``term_weights`` multiplies the config's lambda of a term for this method
+    (DeepAtlas weighs its anatomy and supervised terms as its paper does). ``dss`` samples
+    R's augmentation displacements (eq. 4) for the S terms that use them.
     """
 
     name: str
     title: str
     paper: str
-    trains: bool = True
-    registration: bool = False
-    segmentation: bool = False
+    terms: tuple[str, ...] = ()
+    term_weights: dict[str, float] = field(default_factory=dict)
     segmentation_kind: str = "unet3d"
-    discriminator: bool = False
-    adversarial: bool = False
-    similarity_ncc: bool = False
-    smoothness: bool = False
-    dss: bool = False
-    acm: bool = False
-    drc: bool = False
-    weak_supervision_unweighted: bool = False
-    anatomy_dice: bool = False
-    label_constraint: bool = False
-    augmentation_data: bool = False
-    supervised: bool = False
-    manual_augmentation: bool = False
     segmentation_loss: str = "ce"
-    anatomy_weight: float = 1.0
-    supervised_weight: float = 1.0
+    dss: bool = False
+    manual_augmentation: bool = False
     reference_beta: float = 0.2
     discriminator_lr_schedule: bool = False
     segmentation_pretrain_fraction: float = 0.0
@@ -61,14 +46,43 @@ class MethodSpec:
             raise ValueError(f"{self.name}: segmentation_kind must be one of {SEGMENTATION_KINDS}")
         if self.segmentation_loss not in SEGMENTATION_LOSSES:
             raise ValueError(f"{self.name}: segmentation_loss must be one of {SEGMENTATION_LOSSES}")
-        if (self.adversarial or self.acm) and not self.discriminator:
-            raise ValueError(f"{self.name}: adversarial and ACM terms need the discriminator")
-        if (self.drc or self.dss or self.augmentation_data or self.acm) and not (
-            self.registration and self.segmentation
-        ):
-            raise ValueError(f"{self.name}: DSS, DRC, ACM and augmentation data need R and S")
-        if self.discriminator and not self.registration:
-            raise ValueError(f"{self.name}: the discriminator judges R's warps and needs R")
+        unknown = [term for term in (*self.terms, *self.term_weights) if term not in TERMS]
+        if unknown:
+            raise ValueError(f"{self.name}: unknown loss terms {unknown}; see deeprs.terms")
+        unused = set(self.term_weights) - set(self.terms)
+        if unused:
+            raise ValueError(f"{self.name}: term_weights for terms it does not use {unused}")
+        for term in self.terms:
+            missing = [net for net in TERMS[term].reads if net not in self.networks]
+            if missing:
+                raise ValueError(f"{self.name}: term {term} needs the {' and '.join(missing)}")
+        if self.dss and not any(TERMS[term].uses_registration for term in self.terms):
+            raise ValueError(f"{self.name}: DSS samples R's displacements for S's terms")
+
+    @property
+    def trains(self) -> bool:
+        """False for Affine only: nothing to train."""
+        return bool(self.terms)
+
+    @property
+    def networks(self) -> tuple[str, ...]:
+        """Keys of the trained networks, as in ``model.pt``."""
+        trained = {TERMS[term].network for term in self.terms}
+        return tuple(
+            key for key in ("registration", "segmentation", "discriminator") if key in trained
+        )
+
+    @property
+    def registration(self) -> bool:
+        return "registration" in self.networks
+
+    @property
+    def segmentation(self) -> bool:
+        return "segmentation" in self.networks
+
+    @property
+    def discriminator(self) -> bool:
+        return "discriminator" in self.networks
 
     @property
     def supervised_only(self) -> bool:
@@ -76,51 +90,52 @@ class MethodSpec:
         return self.segmentation and not self.registration
 
     @property
-    def networks(self) -> tuple[str, ...]:
-        """Keys of the trained networks, as in ``model.pt``."""
-        present = (
-            ("registration", self.registration),
-            ("segmentation", self.segmentation),
-            ("discriminator", self.discriminator),
-        )
-        return tuple(key for key, has in present if has)
+    def labelled_fixed(self) -> bool:
+        """Some term needs pairs of two labelled images (HybridCNN's label constraint)."""
+        return any(TERMS[term].labelled_fixed for term in self.terms)
+
+    def weight(self, term: str, weights: Mapping[str, float]) -> float:
+        """The factor of ``term`` in its network's loss: the config's lambda times the method's."""
+        key = TERMS[term].weight
+        return (weights[key] if key is not None else 1.0) * self.term_weights.get(term, 1.0)
 
 
-def _registration_baseline(name: str, title: str, paper: str, **switches: object) -> MethodSpec:
-    return MethodSpec(name, title, paper, registration=True, smoothness=True, **switches)
+_REGISTRATION_BASELINE = ("reg_smooth",)
+_SEGMENTATION_BASELINE = ("seg_supervised",)
 
 
-def _segmentation_baseline(name: str, title: str, paper: str, **switches: object) -> MethodSpec:
-    return MethodSpec(name, title, paper, segmentation=True, supervised=True, **switches)
+def _registration_baseline(
+    name: str, title: str, paper: str, terms: tuple[str, ...], **constants: object
+) -> MethodSpec:
+    return MethodSpec(name, title, paper, terms=(*terms, *_REGISTRATION_BASELINE), **constants)
+
+
+def _segmentation_baseline(name: str, title: str, paper: str, **constants: object) -> MethodSpec:
+    return MethodSpec(name, title, paper, terms=_SEGMENTATION_BASELINE, **constants)
 
 
 # DeepRS's registration side (eq. 3 without DRC): R, D, adversarial + NCC + smoothness.
-_DEEPRS_R = dict(
-    registration=True,
-    discriminator=True,
-    adversarial=True,
-    similarity_ncc=True,
-    smoothness=True,
-    discriminator_lr_schedule=True,
-)
+_DEEPRS_R = ("reg_cc", "reg_smooth", "reg_adv", "disc")
 # The direct joint model of Table 2: DeepRS's R plus S trained on R's augmentation data.
-_DIRECT_JOINT = dict(_DEEPRS_R, segmentation=True, augmentation_data=True)
+_DIRECT_JOINT = (*_DEEPRS_R, "seg_ce")
 
 _DEEPRS_PAPER = "He et al. 2020, DeepRS (the paper this package implements)"
 
+
+def _deeprs_row(name: str, title: str, terms: tuple[str, ...], dss: bool = False) -> MethodSpec:
+    return MethodSpec(
+        name, title, _DEEPRS_PAPER, terms=terms, dss=dss, discriminator_lr_schedule=True
+    )
+
+
 _DECLARATIONS = (
-    MethodSpec(
-        "affine", "Affine only", "Elastix affine pre-alignment (preprocessing)", trains=False
-    ),
-    _registration_baseline(
-        "voxelmorph2", "VoxelMorph-2", "Balakrishnan et al. 2018", similarity_ncc=True
-    ),
+    MethodSpec("affine", "Affine only", "Elastix affine pre-alignment (preprocessing)"),
+    _registration_baseline("voxelmorph2", "VoxelMorph-2", "Balakrishnan et al. 2018", ("reg_cc",)),
     _registration_baseline(
         "advreg",
         "Adv-Reg",
         "Fan et al. 2019",
-        discriminator=True,
-        adversarial=True,
+        ("reg_adv", "disc"),
         reference_beta=0.2,
         discriminator_lr_schedule=True,
     ),
@@ -134,36 +149,23 @@ _DECLARATIONS = (
         "deepatlas",
         "DeepAtlas",
         "Xu & Niethammer 2019",
-        registration=True,
-        segmentation=True,
-        similarity_ncc=True,
-        smoothness=True,
-        anatomy_dice=True,
-        weak_supervision_unweighted=True,
-        supervised=True,
+        terms=("reg_cc", "reg_smooth", "reg_anatomy", "seg_weak", "seg_supervised"),
+        term_weights={"reg_anatomy": 2.0, "seg_weak": 2.0, "seg_supervised": 3.0},
         segmentation_loss="dice",
-        anatomy_weight=2.0,
-        supervised_weight=3.0,
         segmentation_pretrain_fraction=0.25,
     ),
     MethodSpec(
         "hybridcnn",
         "HybridCNN",
         "Li et al. 2019",
-        registration=True,
-        segmentation=True,
-        similarity_ncc=True,
-        smoothness=True,
-        label_constraint=True,
-        weak_supervision_unweighted=True,
-        supervised=True,
+        terms=("reg_cc", "reg_smooth", "reg_label", "seg_weak", "seg_supervised"),
     ),
-    MethodSpec("deeprs", "DeepRS", _DEEPRS_PAPER, **_DIRECT_JOINT, dss=True, acm=True, drc=True),
-    MethodSpec("ablation_r", "R", _DEEPRS_PAPER, **_DEEPRS_R),
-    MethodSpec("ablation_rs", "R+S", _DEEPRS_PAPER, **_DIRECT_JOINT),
-    MethodSpec("ablation_rs_dss", "R+S+DSS", _DEEPRS_PAPER, **_DIRECT_JOINT, dss=True),
-    MethodSpec("ablation_rs_acm", "R+S+ACM", _DEEPRS_PAPER, **_DIRECT_JOINT, acm=True),
-    MethodSpec("ablation_rs_drc", "R+S+DRC", _DEEPRS_PAPER, **_DIRECT_JOINT, drc=True),
+    _deeprs_row("deeprs", "DeepRS", (*_DIRECT_JOINT, "reg_drc", "seg_acm"), dss=True),
+    _deeprs_row("ablation_r", "R", _DEEPRS_R),
+    _deeprs_row("ablation_rs", "R+S", _DIRECT_JOINT),
+    _deeprs_row("ablation_rs_dss", "R+S+DSS", _DIRECT_JOINT, dss=True),
+    _deeprs_row("ablation_rs_acm", "R+S+ACM", (*_DIRECT_JOINT, "seg_acm")),
+    _deeprs_row("ablation_rs_drc", "R+S+DRC", (*_DIRECT_JOINT, "reg_drc")),
 )
 
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in _DECLARATIONS}

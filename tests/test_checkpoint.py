@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 from pathlib import Path
 from typing import BinaryIO
@@ -12,7 +13,7 @@ import scipy.ndimage
 import torch
 
 from deeprs.device import autocast, select_device, uses_mixed_precision
-from deeprs.errors import ConfigError, DataError
+from deeprs.errors import ConfigError, DataError, WriteError
 from deeprs.nets import build_network
 from deeprs.train import checkpoint as ckpt
 from deeprs.train.augment import augment_pair, rotate, rotation_theta
@@ -86,10 +87,10 @@ def test_a_failed_save_keeps_the_previous_checkpoint(
 
     def crash(payload: object, handle: BinaryIO) -> None:
         handle.write(b"half a checkpoint")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match=f"no space left on device while writing '{path}'"):
         ckpt.save_atomic({"iteration": 4}, path)
     monkeypatch.undo()
     assert ckpt.read_payload(path, "checkpoint") == {"iteration": 2}

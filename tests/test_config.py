@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,16 @@ import pytest
 import yaml
 
 from deeprs.cli import main as deeprs_main
-from deeprs.config import load_config, validate_config
+from deeprs.config import (
+    JOB_KEYS,
+    job_defaults,
+    load_config,
+    read_section,
+    schema_path,
+    section_defaults,
+    section_json,
+    validate_config,
+)
 from deeprs.errors import ConfigError
 
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "config").glob("*.yaml"))
@@ -46,6 +56,10 @@ def test_defaults_are_filled() -> None:
         "smooth": 1,
         "acm": 1,
         "ce": 1,
+        "label": 1,
+        "anatomy": 1,
+        "weak": 1,
+        "supervised": 1,
     }
     assert config["preprocess"]["target_shape"] == [128, 128, 96]
     assert config["folds"]["n_folds"] == 5
@@ -142,3 +156,24 @@ def test_snakemake_plans_reproduce(repo_root: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "phantom" in result.stdout and "reproduce" in result.stdout
+
+
+def test_a_section_reaches_its_command_as_one_checked_object() -> None:
+    """The rule's --settings JSON holds the section and the seed, not the per-job keys;
+    the command reads back the same values and fills the same defaults."""
+    config = validate_config(_minimal(**{"train.iterations": 7, "train.threads": 3}))
+    text = section_json(config, "train")
+    settings = json.loads(text)
+    assert settings["iterations"] == 7 and settings["seed"] == config["seed"]
+    assert not set(JOB_KEYS) & set(settings)
+    assert read_section(text, "train") == settings
+    assert read_section("{}", "train") == section_defaults("train")
+    with pytest.raises(ConfigError, match=r"config key 'train.lr': -1 is less than or equal"):
+        read_section('{"lr": -1}', "train")
+    with pytest.raises(ConfigError, match=r"config key 'folds.n_folds': 1 is less than"):
+        read_section('{"n_folds": 1}', "folds")
+
+
+def test_the_schema_is_found_and_holds_the_only_job_defaults() -> None:
+    assert schema_path().is_file()
+    assert job_defaults("train") == {"device": "auto", "threads": 2}

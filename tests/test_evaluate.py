@@ -1,4 +1,4 @@
-"""``deeprs evaluate`` on a tiny synthetic cohort: rows, columns and values (deeprs.evaluate.cli)."""
+"""``deeprs evaluate`` on a tiny synthetic cohort: rows, columns and values (deeprs.evaluate.engine)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch import nn
 from deeprs.cli import main
 from deeprs.data.cases import Split, load_manifest, load_split
 from deeprs.evaluate import METRICS_COLUMNS
-from deeprs.evaluate.cli import evaluate_split, load_test_volumes
+from deeprs.evaluate.engine import evaluate_split, load_test_volumes
 from deeprs.evaluate.metrics import hd95
 from deeprs.methods import get_method
 from deeprs.nets import UNet3D, VoxelMorph2

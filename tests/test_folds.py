@@ -11,7 +11,7 @@ import pytest
 from deeprs.cli import main
 from deeprs.data.cases import CaseRecord, Manifest, load_split
 from deeprs.errors import ConfigError
-from deeprs.folds import make_folds, make_label_amount_splits
+from deeprs.folds import FoldSettings, make_folds, make_label_amount_splits, split_names
 
 
 def cohort(n_labelled: int, n_unlabelled: int, frames_per_subject: int = 1) -> Manifest:
@@ -138,15 +138,10 @@ def test_split_command_writes_readable_files(tmp_path: Path) -> None:
             str(folder / "manifest.json"),
             "--out",
             str(out),
-            "--n-folds",
-            "3",
-            "--label-amounts",
-            "1",
-            "2",
-            "--repeats",
-            "2",
-            "--seed",
-            "9",
+            "--settings",
+            json.dumps(
+                {"n_folds": 3, "label_amounts": [1, 2], "label_amount_repeats": 2, "seed": 9}
+            ),
         ]
     )
     assert status == 0
@@ -155,6 +150,9 @@ def test_split_command_writes_readable_files(tmp_path: Path) -> None:
         [f"fold_{k}.json" for k in range(3)]
         + [f"labels_{n}_rep_{r}.json" for n in (1, 2) for r in range(2)]
     )
+    # The workflow names its split outputs with the same function.
+    settings = FoldSettings(n_folds=3, label_amounts=[1, 2], label_amount_repeats=2, seed=9)
+    assert sorted(f"{name}.json" for name in split_names(settings)) == names
     fold = load_split(out / "fold_1.json")
     assert fold.name == "fold_1" and fold.seed == 9
     assert len(fold.train_moving) == 2 and fold.train_fixed == ["c6", "c7"]
@@ -166,10 +164,8 @@ def test_split_command_writes_readable_files(tmp_path: Path) -> None:
                 str(folder / "manifest.json"),
                 "--out",
                 str(out),
-                "--n-folds",
-                "7",
-                "--seed",
-                "9",
+                "--settings",
+                json.dumps({"n_folds": 7, "seed": 9}),
             ]
         )
         == 2

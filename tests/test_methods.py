@@ -1,80 +1,59 @@
-"""The method registry: each row of the paper's tables maps to the intended switches."""
+"""The method registry: each row of the paper's tables maps to the intended loss terms."""
 
 from __future__ import annotations
-
-from dataclasses import fields
 
 import pytest
 
 from deeprs.config import load_schema
 from deeprs.errors import DeeprsError
 from deeprs.methods import METHODS, MethodSpec, get_method
+from deeprs.terms import WEIGHT_KEYS
 
-SWITCHES = [f.name for f in fields(MethodSpec) if f.type in ("bool", bool) and f.name != "trains"]
-
-# The switches that are on for each method; every other boolean switch must be off.
-EXPECTED_ON = {
+# The loss terms of each row of the paper's tables.
+_VOXELMORPH = {"reg_cc", "reg_smooth"}
+_DEEPRS_R = _VOXELMORPH | {"reg_adv", "disc"}
+_DIRECT_JOINT = _DEEPRS_R | {"seg_ce"}
+EXPECTED_TERMS = {
     "affine": set(),
-    "voxelmorph2": {"registration", "similarity_ncc", "smoothness"},
-    "advreg": {
-        "registration",
-        "discriminator",
-        "adversarial",
-        "smoothness",
-        "discriminator_lr_schedule",
-    },
-    "unet3d": {"segmentation", "supervised"},
-    "unet3d_aug": {"segmentation", "supervised", "manual_augmentation"},
-    "fcn3d": {"segmentation", "supervised"},
-    "vnet": {"segmentation", "supervised"},
-    "deepatlas": {
-        "registration",
-        "segmentation",
-        "similarity_ncc",
-        "smoothness",
-        "anatomy_dice",
-        "weak_supervision_unweighted",
-        "supervised",
-    },
-    "hybridcnn": {
-        "registration",
-        "segmentation",
-        "similarity_ncc",
-        "smoothness",
-        "label_constraint",
-        "weak_supervision_unweighted",
-        "supervised",
-    },
-}
-_DEEPRS_R = {
-    "registration",
-    "discriminator",
-    "adversarial",
-    "similarity_ncc",
-    "smoothness",
-    "discriminator_lr_schedule",
-}
-_DIRECT_JOINT = _DEEPRS_R | {"segmentation", "augmentation_data"}
-EXPECTED_ON |= {
+    "voxelmorph2": _VOXELMORPH,
+    "advreg": {"reg_smooth", "reg_adv", "disc"},
+    "unet3d": {"seg_supervised"},
+    "unet3d_aug": {"seg_supervised"},
+    "fcn3d": {"seg_supervised"},
+    "vnet": {"seg_supervised"},
+    "deepatlas": _VOXELMORPH | {"reg_anatomy", "seg_weak", "seg_supervised"},
+    "hybridcnn": _VOXELMORPH | {"reg_label", "seg_weak", "seg_supervised"},
     "ablation_r": _DEEPRS_R,
     "ablation_rs": _DIRECT_JOINT,
-    "ablation_rs_dss": _DIRECT_JOINT | {"dss"},
-    "ablation_rs_acm": _DIRECT_JOINT | {"acm"},
-    "ablation_rs_drc": _DIRECT_JOINT | {"drc"},
-    "deeprs": _DIRECT_JOINT | {"dss", "acm", "drc"},
+    "ablation_rs_dss": _DIRECT_JOINT,
+    "ablation_rs_acm": _DIRECT_JOINT | {"seg_acm"},
+    "ablation_rs_drc": _DIRECT_JOINT | {"reg_drc"},
+    "deeprs": _DIRECT_JOINT | {"seg_acm", "reg_drc"},
+}
+EXPECTED_NETWORKS = {
+    "affine": (),
+    "voxelmorph2": ("registration",),
+    "advreg": ("registration", "discriminator"),
+    "unet3d": ("segmentation",),
+    "deepatlas": ("registration", "segmentation"),
+    "hybridcnn": ("registration", "segmentation"),
+    "ablation_r": ("registration", "discriminator"),
+    "deeprs": ("registration", "segmentation", "discriminator"),
 }
 
 
 def test_every_declared_method_is_checked() -> None:
-    assert set(METHODS) == set(EXPECTED_ON)
+    assert set(METHODS) == set(EXPECTED_TERMS)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_ON))
-def test_switches_of_each_paper_row(name: str) -> None:
+@pytest.mark.parametrize("name", sorted(EXPECTED_TERMS))
+def test_terms_of_each_paper_row(name: str) -> None:
     spec = get_method(name)
-    on = {switch for switch in SWITCHES if getattr(spec, switch)}
-    assert on == EXPECTED_ON[name]
+    assert set(spec.terms) == EXPECTED_TERMS[name]
+    assert len(spec.terms) == len(set(spec.terms))
     assert spec.trains == (name != "affine")
+    if name in EXPECTED_NETWORKS:
+        assert spec.networks == EXPECTED_NETWORKS[name]
 
 
 def test_segmentation_kinds_and_titles() -> None:
@@ -83,29 +62,46 @@ def test_segmentation_kinds_and_titles() -> None:
     assert get_method("deeprs").segmentation_kind == "unet3d"
     assert get_method("unet3d_aug").title == "3D U-Net-aug"
     assert get_method("deeprs").title == "DeepRS"
-    assert get_method("affine").networks == ()
-    assert get_method("deeprs").networks == ("registration", "segmentation", "discriminator")
     assert get_method("unet3d").supervised_only and not get_method("deepatlas").supervised_only
+    assert get_method("unet3d_aug").manual_augmentation
+    assert get_method("hybridcnn").labelled_fixed and not get_method("deepatlas").labelled_fixed
 
 
 def test_method_specific_constants() -> None:
     assert get_method("advreg").reference_beta == 0.2
     deepatlas = get_method("deepatlas")
-    assert (deepatlas.anatomy_weight, deepatlas.supervised_weight) == (2.0, 3.0)
     assert deepatlas.segmentation_loss == "dice"
     assert 0 < deepatlas.segmentation_pretrain_fraction < 1
+    assert {name for name in METHODS if get_method(name).dss} == {"deeprs", "ablation_rs_dss"}
 
 
-def test_ablation_rows_differ_from_direct_joint_by_one_switch() -> None:
+def test_each_term_has_its_own_weight() -> None:
+    """A config lambda scales one term; DeepAtlas multiplies its own three as its paper does."""
+    weights = {key: float(n) for n, key in enumerate(WEIGHT_KEYS, start=2)}
+    deepatlas = get_method("deepatlas")
+    assert deepatlas.weight("reg_anatomy", weights) == 2.0 * weights["anatomy"]
+    assert deepatlas.weight("seg_weak", weights) == 2.0 * weights["weak"]
+    assert deepatlas.weight("seg_supervised", weights) == 3.0 * weights["supervised"]
+    assert deepatlas.weight("reg_cc", weights) == weights["cc"]
+    hybrid = get_method("hybridcnn")
+    assert hybrid.weight("reg_label", weights) == weights["label"]
+    assert hybrid.weight("seg_weak", weights) == weights["weak"]
+    assert get_method("deeprs").weight("disc", weights) == 1.0
+    assert len(set(WEIGHT_KEYS)) == len(WEIGHT_KEYS)
+
+
+def test_schema_weights_are_the_registrys() -> None:
+    weights = load_schema()["properties"]["train"]["properties"]["weights"]["properties"]
+    assert list(weights) == list(WEIGHT_KEYS)
+    assert weights["drc"]["default"] == 10  # the paper's lambda_drc
+
+
+def test_ablation_rows_differ_from_direct_joint_by_one_change() -> None:
     base = get_method("ablation_rs")
-    for name, switch in (
-        ("ablation_rs_dss", "dss"),
-        ("ablation_rs_acm", "acm"),
-        ("ablation_rs_drc", "drc"),
-    ):
-        spec = get_method(name)
-        differing = {s for s in SWITCHES if getattr(spec, s) != getattr(base, s)}
-        assert differing == {switch}
+    assert set(get_method("ablation_rs_acm").terms) - set(base.terms) == {"seg_acm"}
+    assert set(get_method("ablation_rs_drc").terms) - set(base.terms) == {"reg_drc"}
+    assert get_method("ablation_rs_dss").terms == base.terms
+    assert get_method("ablation_rs_dss").dss and not base.dss
 
 
 def test_unknown_method_message_lists_valid_names() -> None:
@@ -118,10 +114,16 @@ def test_unknown_method_message_lists_valid_names() -> None:
 
 
 def test_inconsistent_declaration_is_rejected() -> None:
-    with pytest.raises(ValueError, match="need the discriminator"):
-        MethodSpec("bad", "Bad", "none", registration=True, adversarial=True)
-    with pytest.raises(ValueError, match="need R and S"):
-        MethodSpec("bad", "Bad", "none", segmentation=True, dss=True)
+    with pytest.raises(ValueError, match="term reg_adv needs the discriminator"):
+        MethodSpec("bad", "Bad", "none", terms=("reg_cc", "reg_adv"))
+    with pytest.raises(ValueError, match="term seg_acm needs the registration and discriminator"):
+        MethodSpec("bad", "Bad", "none", terms=("seg_supervised", "seg_acm"))
+    with pytest.raises(ValueError, match="DSS samples R's displacements"):
+        MethodSpec("bad", "Bad", "none", terms=("seg_supervised",), dss=True)
+    with pytest.raises(ValueError, match="unknown loss terms"):
+        MethodSpec("bad", "Bad", "none", terms=("reg_ncc",))
+    with pytest.raises(ValueError, match="term_weights for terms it does not use"):
+        MethodSpec("bad", "Bad", "none", terms=("reg_cc",), term_weights={"reg_smooth": 2.0})
 
 
 def test_schema_defaults_name_registered_methods() -> None:

@@ -17,9 +17,9 @@ from scipy import ndimage
 
 from deeprs.cli import main
 from deeprs.data.geometry import Affine, Grid
-from deeprs.data.heart import heart_warp
-from deeprs.data.render import Rendered, render
-from deeprs.data.subject import MMWHS_LABELS, Tissue, draw_subject
+from deeprs.phantom.heart import heart_warp
+from deeprs.phantom.render import Rendered, render
+from deeprs.phantom.subject import MMWHS_LABELS, Tissue, draw_subject
 
 SHAPE = (64, 64, 40)
 SPACING = (5.0, 5.0, 6.0)

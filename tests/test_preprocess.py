@@ -264,7 +264,13 @@ def test_carried_box_contains_the_moved_heart(registrar, cta) -> None:
     hidden_label = sitk.GetArrayFromImage(resample_onto(fixed_label, fixed, known, is_label=True))
     box = label_box(fixed_label, 10.0)
     carried, metric = carry_box(
-        registrar, _coarse(fixed), fixed, box, _coarse(moving), moving, "copy", _ElastixLog(None)
+        registrar,
+        _coarse(fixed),
+        box_corners(fixed, box),
+        _coarse(moving),
+        moving,
+        "copy",
+        _ElastixLog(None),
     )
     z, y, x = np.nonzero(hidden_label)
     assert carried.contains_index(np.stack([x, y, z], axis=1)).all()

@@ -322,8 +322,12 @@ def test_absent_structure_is_a_warning_and_scores_nan(
     assert label_file.endswith("_label.nii.gz': structure 'pa' (value 850) is absent")
     assert (
         main(
-            ["split", "--manifest", str(manifest), "--out", str(tmp_path), "--n-folds", "2"]
-            + ["--label-amounts", "1", "--repeats", "1", "--seed", "1"]
+            ["split", "--manifest", str(manifest), "--out", str(tmp_path), "--settings"]
+            + [
+                json.dumps(
+                    {"n_folds": 2, "label_amounts": [1], "label_amount_repeats": 1, "seed": 1}
+                )
+            ]
         )
         == 0
     )
@@ -350,13 +354,13 @@ def test_fewer_labelled_cases_than_the_folds_need(
 ) -> None:
     manifest, _ = preprocessed
     arguments = ["split", "--manifest", str(manifest), "--out", str(tmp_path / "splits")]
-    assert main([*arguments, "--n-folds", "5", "--seed", "1"]) == 2
+    assert main([*arguments, "--settings", '{"n_folds": 5, "seed": 1}']) == 2
     assert capsys.readouterr().err.strip() == (
         "deeprs split: error: config key 'folds.n_folds': 5 folds need at least 5 labelled "
         f"subjects but the manifest '{manifest}' has 4 (4 labelled cases); lower "
         "folds.n_folds or add labelled cases"
     )
-    assert main([*arguments, "--n-folds", "2", "--label-amounts", "3", "--seed", "1"]) == 2
+    assert main([*arguments, "--settings", '{"n_folds": 2, "label_amounts": [3], "seed": 1}']) == 2
     message = capsys.readouterr().err.strip()
     assert message.startswith(
         "deeprs split: error: config key 'folds.label_amounts': up to 3 training labels plus "

@@ -7,6 +7,7 @@ signal, on a tiny preprocessed cohort in the format of ``docs/architecture.md``.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -38,11 +39,23 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def train_arguments(cohort: Path, out_dir: Path, method: str = "deeprs") -> list[str]:
+def train_arguments(
+    cohort: Path,
+    out_dir: Path,
+    method: str = "deeprs",
+    iterations: int = ITERATIONS,
+    checkpoint_every: int = 2,
+) -> list[str]:
     arguments = ["train", "--method", method, "--manifest", str(cohort / "manifest.json")]
     arguments += ["--split", str(cohort / "split.json"), "--out-dir", str(out_dir)]
-    arguments += ["--iterations", str(ITERATIONS), "--width", "0.25", "--checkpoint-every", "2"]
-    return [*arguments, "--seed", str(SEED), "--device", "cpu", "--threads", "1"]
+    settings = {
+        "iterations": iterations,
+        "width": 0.25,
+        "checkpoint_every": checkpoint_every,
+        "seed": SEED,
+    }
+    arguments += ["--settings", json.dumps(settings)]
+    return [*arguments, "--device", "cpu", "--threads", "1"]
 
 
 def start(arguments: list[str], log: Path, prelude: str = "") -> subprocess.Popen:
@@ -191,8 +204,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
     np.save(data / "images" / f"{broken}.npy", image)
 
     out_dir = tmp_path / "run"
-    arguments = train_arguments(data, out_dir, method="voxelmorph2")
-    arguments[arguments.index("--checkpoint-every") + 1] = "1"
+    arguments = train_arguments(data, out_dir, method="voxelmorph2", checkpoint_every=1)
     assert main(arguments) == 2
     checkpoint = out_dir / CHECKPOINT_FILE
     # Above the error line: the progress bar (tqdm writes to stderr).
@@ -219,8 +231,7 @@ def test_shape_the_networks_cannot_take_is_padded_and_said(
     cohort = tmp_path / "cohort"
     write_cohort(cohort, (12, 24, 20), {"train_moving": 2, "train_fixed": 1, "test": 2})
     out_dir = tmp_path / "run"
-    arguments = train_arguments(cohort, out_dir, method="unet3d")
-    arguments[arguments.index("--iterations") + 1] = "2"
+    arguments = train_arguments(cohort, out_dir, method="unet3d", iterations=2)
     with caplog.at_level("INFO"):
         assert main(arguments) == 0
     assert (

@@ -200,7 +200,7 @@ def test_snakemake_killed_mid_job_is_redone_with_rerun_incomplete(tmp_path: Path
     uninterrupted `deeprs phantom` run."""
     configfile = REPO / "config" / "smoke.yaml"
     workdir = tmp_path / "work"
-    relative_target = "results/data/phantom/mosaic.png"
+    relative_target = "results/smoke/data/phantom/mosaic.png"
     target = workdir / relative_target
     first_files = target.parent / "ct_train"
     deadline = time.monotonic() + 300

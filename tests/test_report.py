@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -11,7 +10,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from scipy import stats
 
 from deeprs.errors import DataError
@@ -611,140 +609,6 @@ def test_qc_page_shows_every_case_and_embeds_the_mosaic(tmp_path: Path) -> None:
         qc.write_qc_page(tmp_path / "preprocessed", tmp_path / "qc.html")
 
 
-# --- overlays (Figs. 6 and 7) -------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def overlays():
-    """The overlay module needs the networks, the trainer's checkpoint and the registry."""
-    return pytest.importorskip("deeprs.report.overlays")
-
-
-class ShiftAlongX(torch.nn.Module):
-    """A stand-in registration net: u = +1 voxel along w (x) everywhere."""
-
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        displacement = torch.zeros(moving.shape[0], 3, *moving.shape[2:])
-        displacement[:, 2] = 1.0
-        return displacement
-
-
-class Threshold(torch.nn.Module):
-    """A stand-in segmentation net: class 1 where the image exceeds 0.5."""
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.cat([0.5 - image, image - 0.5], dim=1)
-
-
-def test_pick_slice_prefers_more_structures_then_more_foreground(overlays) -> None:
-    label = np.zeros((8, 10, 10), dtype=np.uint8)
-    label[1, :, :] = 1  # one structure, large
-    label[3, 0, 0], label[3, 0, 1] = 1, 2  # two structures, tiny
-    label[5, :4, :4], label[5, 5:, 5:] = 1, 2  # two structures, larger
-    assert overlays.pick_slice(label) == 5
-
-
-def test_register_pair_warps_image_and_label_by_the_network_displacement(overlays) -> None:
-    shape = (5, 6, 9)  # not a multiple of 16: padded for the net, cropped back
-    moving_label = np.zeros(shape, dtype=np.uint8)
-    moving_label[:, 2:4, 3:6] = 2
-    moving_image = moving_label.astype(np.float32) / 2
-    warped_image, warped_label = overlays.register_pair(
-        ShiftAlongX(), moving_image, moving_image, moving_label, torch.device("cpu")
-    )
-    # warped(p) = moving(p + u): the block at x = 3..5 moves to x = 2..4.
-    expected = np.zeros(shape, dtype=np.uint8)
-    expected[:, 2:4, 2:5] = 2
-    assert warped_label.shape == shape and warped_label.dtype == np.uint8
-    np.testing.assert_array_equal(warped_label, expected)
-    np.testing.assert_allclose(warped_image, expected / 2, atol=1e-6)
-    identity_image, identity_label = overlays.register_pair(
-        None, moving_image, moving_image, moving_label, torch.device("cpu")
-    )
-    np.testing.assert_array_equal(identity_label, moving_label)
-
-
-def test_segment_returns_the_argmax_cropped_to_the_image(overlays) -> None:
-    image = np.random.default_rng(0).random((5, 7, 9)).astype(np.float32)
-    prediction = overlays.segment(Threshold(), image, torch.device("cpu"))
-    np.testing.assert_array_equal(prediction, (image > 0.5).astype(np.uint8))
-
-
-def write_tiny_cohort(folder: Path) -> tuple[Path, Path]:
-    """Three labelled 16^3 cases with two box-shaped structures, and a fold split."""
-    generator = np.random.default_rng(3)
-    (folder / "images").mkdir(parents=True)
-    (folder / "labels").mkdir()
-    cases = []
-    for index in range(3):
-        label = np.zeros((16, 16, 16), dtype=np.uint8)
-        label[4:12, 3 + index : 9 + index, 4:10] = 1
-        label[5:11, 9:13, 6 + index : 12] = 2
-        image = (0.2 + 0.3 * label + 0.05 * generator.random(label.shape)).astype(np.float32)
-        case = f"case_{index}"
-        np.save(folder / "images" / f"{case}.npy", image)
-        np.save(folder / "labels" / f"{case}.npy", label)
-        cases.append(
-            {
-                "id": case,
-                "subject": case,
-                "labelled": True,
-                "image": f"images/{case}.npy",
-                "label": f"labels/{case}.npy",
-            }
-        )
-    manifest = folder / "manifest.json"
-    manifest.write_text(
-        json.dumps({"labels": {"myo": 1, "lv": 2}, "spacing_xyz": [2.0, 2.0, 2.0], "cases": cases})
-    )
-    split = folder / "fold_0.json"
-    split.write_text(
-        json.dumps(
-            {
-                "name": "fold_0",
-                "seed": 1,
-                "train_moving": ["case_2"],
-                "train_fixed": [],
-                "test": ["case_0", "case_1"],
-            }
-        )
-    )
-    return manifest, split
-
-
-def test_overlay_figures_are_drawn_from_saved_models(overlays, tmp_path: Path) -> None:
-    from deeprs.nets import build_network
-    from deeprs.train.checkpoint import save_model
-
-    manifest, split = write_tiny_cohort(tmp_path / "data")
-    results = tmp_path / "results"
-    torch.manual_seed(0)
-    networks = {
-        "registration": ("voxelmorph2", build_network("voxelmorph2", width=0.25)),
-        "segmentation": (
-            "unet3d",
-            build_network("unet3d", in_channels=1, out_channels=3, width=0.25),
-        ),
-    }
-    save_model(
-        results / "deeprs" / "fold_0" / "model.pt", "deeprs", networks, {"myo": 1, "lv": 2}, 1
-    )
-    written = overlays.draw_overlays(
-        manifest,
-        split,
-        results,
-        ["affine", "unet3d", "deeprs"],
-        results / "report",
-        torch.device("cpu"),
-    )
-    assert [path.name for path in written] == [
-        "overlays_registration.png",
-        "overlays_segmentation.png",
-    ]
-    for path in written:
-        assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 5000
-
-
 def test_cli_writes_the_report_and_reports_a_bad_file_in_one_line(tmp_path: Path, capsys) -> None:
     from deeprs.cli import main
 
@@ -773,7 +637,7 @@ def test_snakemake_report_rule_and_html_report(tmp_path: Path, repo_root: Path) 
     from deeprs.report.paper import TABLE1, TABLE2
 
     config = load_config(repo_root / "config" / "smoke.yaml")
-    results = tmp_path / "results"
+    results = tmp_path / config["results"]
     structures = list(config["data"]["labels"])
     for index, method in enumerate(dict.fromkeys(config["methods"] + config["ablation"])):
         row = TABLE1.get(method) or TABLE2[method]
@@ -808,19 +672,18 @@ def test_snakemake_report_rule_and_html_report(tmp_path: Path, repo_root: Path) 
         str(tmp_path),
     ]
     command += ["--allowed-rules", "report", "--cores", "1"]
+    target = f"{config['results']}/report/table1.csv"
     # The rule calls `deeprs`: put this interpreter's scripts folder first on the PATH.
     environment = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
-    run = subprocess.run(
-        [*command, "results/report/table1.csv"], capture_output=True, text=True, env=environment
-    )
+    run = subprocess.run([*command, target], capture_output=True, text=True, env=environment)
     assert run.returncode == 0, run.stderr[-2000:]
     assert pd.read_csv(results / "report" / "table1.csv")["status"].eq("ok").all()
     html = tmp_path / "report.html"
     run = subprocess.run(
-        [*command, "--report", str(html), "results/report/table1.csv"],
+        [*command, "--report", str(html), target],
         capture_output=True,
         text=True,
         env=environment,

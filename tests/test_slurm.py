@@ -130,7 +130,7 @@ def test_smoke_workflow_runs_through_the_slurm_executor(cluster, tmp_path):
     (tmp_path / "jobs.txt").write_text(table + "\n")
     assert finished.returncode == 0, f"snakemake failed:\n{log.read_text()[-4000:]}\n{table}"
 
-    assert (workdir / "results" / "report" / "table1.csv").is_file()
+    assert (workdir / "results" / "smoke" / "report" / "table1.csv").is_file()
     assert jobs and all(job["state"] == "COMPLETED" for job in jobs), table
     rules = {job["rule"] for job in jobs}
     assert {"phantom", "train", "evaluate"} <= rules, table

@@ -17,6 +17,7 @@ import torch
 
 from deeprs import losses
 from deeprs.cli import main
+from deeprs.config import section_defaults
 from deeprs.data.cases import Manifest, Split, load_manifest, load_split
 from deeprs.errors import DeeprsError
 from deeprs.methods import METHODS, get_method
@@ -100,9 +101,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Split]:
 
 
 def quick(iterations: int = 6, **overrides: object) -> TrainSettings:
-    return TrainSettings(
-        iterations=iterations, width=0.25, checkpoint_every=2, seed=5, threads=1, **overrides
-    )
+    return TrainSettings(iterations=iterations, width=0.25, checkpoint_every=2, seed=5, **overrides)
 
 
 _R = {"reg_cc", "reg_smooth"}
@@ -310,7 +309,7 @@ def test_short_segmentation_training_is_far_above_chance(
     assert np.mean(scores) > 3 * np.mean(chance)
 
 
-def test_cli_trains_and_reports_bad_weights(
+def test_cli_trains_and_reports_bad_settings(
     small: tuple[Manifest, Split], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     manifest, _ = small
@@ -324,27 +323,42 @@ def test_cli_trains_and_reports_bad_weights(
         str(manifest.path.parent / "split.json"),
         "--out-dir",
         str(tmp_path),
-        "--iterations",
-        "2",
-        "--width",
-        "0.25",
-        "--checkpoint-every",
-        "1",
         "--device",
         "cpu",
         "--threads",
         "1",
+        "--settings",
     ]
-    assert main([*arguments, "--weights", '{"ce": "one"}']) == 2
-    assert (
-        "--weights (config key 'train.weights') must be a JSON object of numbers"
-        in capsys.readouterr().err
+    base = {"iterations": 2, "width": 0.25, "checkpoint_every": 1}
+
+    def settings(**changes: object) -> str:
+        return json.dumps({**base, **changes})
+
+    assert main([*arguments, settings(weights={"ce": "one"})]) == 2
+    assert "config key 'train.weights.ce': 'one' is not of type 'number'" in capsys.readouterr().err
+    assert main([*arguments, settings(weights={"dice": 1})]) == 2
+    assert "config key 'train.weights.dice' is not known" in capsys.readouterr().err
+    assert main([*arguments, settings(iterations=0)]) == 2
+    assert "config key 'train.iterations': 0 is less than the minimum of 1" in (
+        capsys.readouterr().err
     )
-    assert main([*arguments, "--weights", '{"dice": 1}']) == 2
-    assert "config key 'train.weights' has unknown terms ['dice']" in capsys.readouterr().err
-    assert main([*arguments, "--weights", '{"ce": 2, "adv": 1}']) == 0
+    assert main([*arguments, settings(threads=2)]) == 2
+    assert "config key 'train.threads' is not known" in capsys.readouterr().err
+    assert main([*arguments, "{iterations: 2}"]) == 2
+    assert "--settings (config section 'train') is not JSON" in capsys.readouterr().err
+    assert main([*arguments, settings(weights={"ce": 2, "adv": 1})]) == 0
     assert len(pd.read_csv(tmp_path / "losses.csv")) == 2
     assert set(load_models(tmp_path / "model.pt")) == {"segmentation"}
+
+
+def test_settings_defaults_are_the_schemas() -> None:
+    """TrainSettings() is the schema's train section: one place for every default."""
+    defaults = section_defaults("train")
+    settings = TrainSettings()
+    for key, value in defaults.items():
+        expected = settings.lr if key == "discriminator_lr" and value is None else value
+        assert getattr(settings, key) == expected, key
+    assert TrainSettings.from_json("{}") == settings
 
 
 def test_only_the_splits_training_labels_are_loaded(small: tuple[Manifest, Split]) -> None:

@@ -1,6 +1,6 @@
 """The whole workflow end to end on `config/smoke.yaml`, as `snakemake reproduce` runs it:
 every method, the ablation and the label-amount study; a second run does nothing; one fold
-reruns alone; and the demo preset plans every (method, fold) job."""
+reruns alone; the demo preset plans every (method, fold) job in a results folder of its own."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_every_method_and_study_has_metrics_and_the_report_is_written(smoke_run:
     from deeprs.config import validate_config
 
     config = validate_config(config)
-    results = smoke_run / "results"
+    results = smoke_run / config["results"]
     methods = dict.fromkeys(config["methods"] + config["ablation"])
     for method in methods:
         for fold in range(config["folds"]["n_folds"]):
@@ -70,12 +70,25 @@ def test_second_run_does_nothing(smoke_run: Path) -> None:
 
 
 def test_single_fold_rerun_rebuilds_that_fold_only(smoke_run: Path) -> None:
-    target = "results/deeprs/fold_1/metrics.csv"
+    target = "results/smoke/deeprs/fold_1/metrics.csv"
     rerun = snakemake(smoke_run, SMOKE, "-n", "--forcerun", "train", "--", target)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert planned_jobs(rerun.stdout) == Counter({"train": 1, "evaluate": 1})
-    assert "results/deeprs/fold_1/model.pt" in rerun.stdout
+    assert "results/smoke/deeprs/fold_1/model.pt" in rerun.stdout
     assert "fold_0" not in rerun.stdout
+
+
+def test_presets_write_to_their_own_results_folders(smoke_run: Path) -> None:
+    """After the smoke study, the demo preset plans its own phantom and preprocessing under
+    results/demo and names nothing of results/smoke; the smoke study stays complete."""
+    demo = snakemake(smoke_run, DEMO, "-n", "reproduce")
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    jobs = planned_jobs(demo.stdout)
+    assert jobs["phantom"] == 1 and jobs["preprocess"] == 1
+    assert "results/demo/preprocessed/manifest.json" in demo.stdout
+    assert "results/smoke" not in demo.stdout and "logs/smoke" not in demo.stdout
+    again = snakemake(smoke_run, SMOKE, "-n", "reproduce")
+    assert "Nothing to be done" in again.stdout + again.stderr
 
 
 def test_demo_preset_plans_every_method_fold_and_label_study_job(tmp_path: Path) -> None:
@@ -100,4 +113,38 @@ def test_demo_preset_plans_every_method_fold_and_label_study_job(tmp_path: Path)
     )
     for method in trained:
         for fold in range(folds["n_folds"]):
-            assert f"results/{method}/fold_{fold}/model.pt" in dry.stdout
+            assert f"results/demo/{method}/fold_{fold}/model.pt" in dry.stdout
+
+
+def _variant(tmp_path: Path, section: str, key: str, value: object) -> Path:
+    config = yaml.safe_load(SMOKE.read_text())
+    config[section][key] = value
+    path = tmp_path / f"{section}_{key}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))  # label order is a setting
+    return path
+
+
+def test_a_setting_reruns_what_reads_it_and_a_job_option_nothing(
+    smoke_run: Path, tmp_path: Path
+) -> None:
+    """The train section reaches `deeprs train` as one params value: a new learning rate
+    reruns training (and what follows), more threads for the same run rerun nothing."""
+    config = yaml.safe_load(SMOKE.read_text())
+    lr = snakemake(smoke_run, _variant(tmp_path, "train", "lr", 0.001), "-n", "reproduce")
+    assert lr.returncode == 0, lr.stderr[-2000:]
+    jobs = planned_jobs(lr.stdout)
+    assert jobs["train"] > 0 and "phantom" not in jobs and "split" not in jobs
+    threads = config["train"]["threads"] + 1
+    same = snakemake(smoke_run, _variant(tmp_path, "train", "threads", threads), "-n", "reproduce")
+    assert same.returncode == 0, same.stderr[-2000:]
+    assert "Nothing to be done" in same.stdout + same.stderr
+
+
+def test_building_the_dag_does_not_import_torch(tmp_path: Path) -> None:
+    command = [sys.executable, "-X", "importtime", "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+    command += ["--cores", "2", "--configfile", str(DEMO), "--directory", str(tmp_path), "-n"]
+    dry = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in dry.stderr.splitlines()]
+    assert "deeprs.methods" in imported
+    assert "torch" not in imported

@@ -12,16 +12,16 @@ Input files are only ever read.
 from __future__ import annotations
 
 import logging
-import re
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel
 import numpy as np
 import SimpleITK as sitk
 
+from deeprs.data.grouping import DEFAULT_SUBJECT_PATTERN, subject_of
 from deeprs.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -103,12 +103,6 @@ def _mmwhs_cases(folder: Path) -> list[CaseFiles]:
     return cases
 
 
-def _acdc_subject(case_id: str) -> str:
-    """``patient071_frame01`` -> ``patient071``: the two frames of one patient are one subject."""
-    match = re.match(r"(patient\d+)_frame\d+$", case_id)
-    return match.group(1) if match else case_id
-
-
 def _acdc_cases(folder: Path) -> list[CaseFiles]:
     """``images/{id}`` with ``labels/{id}_gt`` (optional: without it the case is unlabelled)."""
     images = _files_by_stem(folder / "images", "")
@@ -119,13 +113,15 @@ def _acdc_cases(folder: Path) -> list[CaseFiles]:
             "add the image or remove the label"
         )
     return [
-        CaseFiles(case_id, _acdc_subject(case_id), image, labels.get(case_id))
-        for case_id, image in images.items()
+        CaseFiles(case_id, case_id, image, labels.get(case_id)) for case_id, image in images.items()
     ]
 
 
-def discover_cases(folder: str | Path, layout: str) -> list[CaseFiles]:
-    """Every case of a cohort folder in the given layout, sorted by id."""
+def discover_cases(
+    folder: str | Path, layout: str, subject_pattern: str = DEFAULT_SUBJECT_PATTERN
+) -> list[CaseFiles]:
+    """Every case of a cohort folder in the given layout, sorted by id, with its subject
+    (:func:`deeprs.data.grouping.subject_of` under ``subject_pattern``)."""
     folder = Path(folder)
     if layout not in LAYOUTS:
         raise DataError(f"data layout '{layout}' is not known; use one of {', '.join(LAYOUTS)}")
@@ -146,7 +142,8 @@ def discover_cases(folder: str | Path, layout: str) -> list[CaseFiles]:
             f"data folder '{folder}': case id '{duplicates[0]}' is both labelled and "
             "unlabelled; give each case one id"
         )
-    return sorted(cases, key=lambda case: case.id)
+    grouped = [replace(case, subject=subject_of(case.id, subject_pattern)) for case in cases]
+    return sorted(grouped, key=lambda case: case.id)
 
 
 def _check_nifti_data(path: Path) -> None:

@@ -32,7 +32,7 @@ def _read(path: str | os.PathLike[str]) -> tuple[np.ndarray, tuple[float, float,
     return sitk.GetArrayFromImage(image), image.GetSpacing()
 
 
-def write_mosaic(
+def write_cohort_mosaic(
     cases: list[tuple[str, Path, Path]],
     labels: dict[str, int],
     out_path: str | os.PathLike[str],

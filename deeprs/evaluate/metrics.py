@@ -1,7 +1,7 @@
 """Per-structure overlap and surface metrics, and the folding of a displacement field.
 
 Arrays are ``(z, y, x)`` class maps (0 = background) and ``labels`` maps structure names to
-class indices, as in the manifest. Definitions follow ``../shared/docs/reference.md``:
+class indices, as in the manifest. Definitions in ``docs/methods.md`` ("Evaluation"):
 a structure absent from both masks has Dice NaN (not 0), and HD95 is NaN when it is absent
 from either, so that averages over cases are not pulled down by structures nobody drew.
 """

@@ -29,9 +29,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from deeprs.config import load_config, validate_config
+from deeprs.data.grouping import DEFAULT_SUBJECT_PATTERN
 from deeprs.data.ingest import Case, CaseFiles, discover_cases, load_case
 from deeprs.errors import ConfigError
-from deeprs.io import atomic_path, write_json, write_text
+from deeprs.io import atomic_path, write_image, write_json, write_text
 from deeprs.preprocess.affine import AffineRegistrar, resample_to_spacing
 from deeprs.preprocess.crop import (
     CropBox,
@@ -42,6 +43,7 @@ from deeprs.preprocess.crop import (
     expand_box,
     label_box,
 )
+from deeprs.preprocess.plan import AlignmentTarget, preprocess_plan, write_plan
 from deeprs.preprocess.qc import mean_dice, mean_pairwise_dice, write_mosaic
 from deeprs.preprocess.resample import (
     box_grid,
@@ -49,6 +51,7 @@ from deeprs.preprocess.resample import (
     resample_onto,
     scale_intensities,
 )
+from deeprs.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,7 @@ class PreprocessSettings:
     target_shape_xyz: tuple[int, int, int] = (128, 128, 96)
     ct_window: tuple[float, float] = (-200.0, 800.0)
     mri_percentiles: tuple[float, float] = (1.0, 99.0)
+    subject_pattern: str = DEFAULT_SUBJECT_PATTERN
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> PreprocessSettings:
@@ -90,6 +94,7 @@ class PreprocessSettings:
             target_shape_xyz=tuple(int(v) for v in settings["target_shape"]),  # type: ignore[arg-type]
             ct_window=tuple(float(v) for v in settings["ct_window"]),  # type: ignore[arg-type]
             mri_percentiles=tuple(float(v) for v in settings["mri_percentiles"]),  # type: ignore[arg-type]
+            subject_pattern=data["subject_pattern"],
         )
 
 
@@ -103,6 +108,32 @@ class Reference:
     grid: sitk.Image
     cropped: sitk.Image
     coarse: sitk.Image
+
+    @property
+    def target(self) -> AlignmentTarget:
+        """What the other cases (and new images, see :mod:`deeprs.preprocess.plan`) align to."""
+        return AlignmentTarget(
+            reference_id=self.case.id,
+            box_corners_mm=box_corners(self.case.image, self.box),
+            grid=self.grid,
+            cropped=self.cropped,
+            coarse=self.coarse,
+        )
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """A case's heart box (and where it came from) and its affine onto the reference grid.
+
+    ``affine`` maps grid (reference) points to the case's points; ``carry_metric`` is NaN
+    when the box came from the case's own label.
+    """
+
+    box: CropBox
+    source: str
+    affine: sitk.AffineTransform
+    final_metric: float
+    carry_metric: float
 
 
 @dataclass
@@ -153,14 +184,13 @@ def choose_reference(cases: Sequence[CaseFiles], requested: str) -> CaseFiles:
 def carry_box(
     registrar: AffineRegistrar,
     source_coarse: sitk.Image,
-    source_image: sitk.Image,
-    source_box: CropBox,
+    source_corners_mm: np.ndarray,
     target_coarse: sitk.Image,
     target_image: sitk.Image,
     name: str,
     elastix_log: _ElastixLog,
 ) -> tuple[CropBox, float]:
-    """Map ``source_box`` into the target image through a coarse affine registration."""
+    """Map a box (its physical corners) into the target image through a coarse affine registration."""
     result = registrar.register(
         source_coarse,
         target_coarse,
@@ -169,8 +199,9 @@ def carry_box(
         iterations=CARRY_ITERATIONS,
     )
     elastix_log.add(f"carry box to {name}", result.log)
-    corners = box_corners(source_image, source_box)
-    mapped = np.array([result.transform.TransformPoint([float(v) for v in c]) for c in corners])
+    mapped = np.array(
+        [result.transform.TransformPoint([float(v) for v in c]) for c in source_corners_mm]
+    )
     return enclosing_box(target_image, mapped), result.final_metric
 
 
@@ -240,6 +271,42 @@ def build_reference(
     return Reference(case, box, source, grid, working, coarse)
 
 
+def align_case(
+    case: Case,
+    target: AlignmentTarget,
+    registrar: AffineRegistrar,
+    crop_margin_mm: float,
+    elastix_log: _ElastixLog | None = None,
+) -> Alignment:
+    """Heart box (own label, else carried from the reference) and the affine onto ``target``.
+
+    Used for every case but the reference, and by ``deeprs predict``/``register`` for new
+    images, which have no label and so always take the carried box.
+    """
+    elastix_log = elastix_log or _ElastixLog(None)
+    carry_metric = float("nan")
+    if case.label is not None:
+        box, source = label_box(case.label, crop_margin_mm, case.id), "label"
+    else:
+        box, carry_metric = carry_box(
+            registrar,
+            target.coarse,
+            target.box_corners_mm,
+            _coarse(case.image),
+            case.image,
+            case.id,
+            elastix_log,
+        )
+        source = f"carried from {target.reference_id}"
+    context_box = expand_box(box, MOVING_CONTEXT)
+    context = box_grid_at_spacing(case.image, context_box, target.grid.GetSpacing())
+    inside = crop(case.image, clip_box(case.image, context_box))
+    moving = resample_onto(resample_to_spacing(inside, context.GetSpacing()), context)
+    result = registrar.register(target.cropped, moving, case.id)
+    elastix_log.add(f"align {case.id} to {target.reference_id}", result.log)
+    return Alignment(box, source, result.transform, result.final_metric, carry_metric)
+
+
 def process_case(
     files: CaseFiles,
     reference: Reference,
@@ -251,33 +318,15 @@ def process_case(
     started = time.perf_counter()
     is_reference = files.id == reference.case.id
     case = reference.case if is_reference else load_case(files, settings.labels)
-    carry_metric = float("nan")
     if is_reference:
         box, source = reference.box, reference.box_source
-    elif case.label is not None:
-        box, source = label_box(case.label, settings.crop_margin_mm, case.id), "label"
+        affine, metric, carry_metric = sitk.AffineTransform(3), float("nan"), float("nan")
     else:
-        box, carry_metric = carry_box(
-            registrar,
-            reference.coarse,
-            reference.case.image,
-            reference.box,
-            _coarse(case.image),
-            case.image,
-            case.id,
-            elastix_log,
+        alignment = align_case(
+            case, reference.target, registrar, settings.crop_margin_mm, elastix_log
         )
-        source = f"carried from {reference.case.id}"
-    if is_reference:
-        affine, metric = sitk.AffineTransform(3), float("nan")
-    else:
-        context_box = expand_box(box, MOVING_CONTEXT)
-        context = box_grid_at_spacing(case.image, context_box, reference.grid.GetSpacing())
-        inside = crop(case.image, clip_box(case.image, context_box))
-        moving = resample_onto(resample_to_spacing(inside, context.GetSpacing()), context)
-        result = registrar.register(reference.cropped, moving, case.id)
-        elastix_log.add(f"align {case.id} to {reference.case.id}", result.log)
-        affine, metric = result.transform, result.final_metric
+        box, source, affine = alignment.box, alignment.source, alignment.affine
+        metric, carry_metric = alignment.final_metric, alignment.carry_metric
     image = resample_onto(case.image, reference.grid, affine)
     array = scale_intensities(
         sitk.GetArrayFromImage(image),
@@ -330,8 +379,7 @@ def _write_case_files(out: Path, output: CaseOutput, grid: sitk.Image) -> dict[s
             np.save(handle, array)
         viewable = sitk.GetImageFromArray(array)
         viewable.CopyInformation(grid)
-        with atomic_path(out / "nifti" / f"{output.case_id}_{kind}.nii.gz") as temporary:
-            sitk.WriteImage(viewable, str(temporary), useCompression=True)
+        write_image(viewable, out / "nifti" / f"{output.case_id}_{kind}.nii.gz")
         entry[kind] = relative
     return entry
 
@@ -416,7 +464,7 @@ def preprocess_cohort(
     Pass ``registrar`` to reuse one that exists (its first creation costs 15-25 s).
     """
     out = Path(out)
-    cohort = discover_cases(settings.data_dir, settings.layout)
+    cohort = discover_cases(settings.data_dir, settings.layout, settings.subject_pattern)
     reference_files = choose_reference(cohort, settings.reference)
     check_cohort(cohort, settings.labels)
     elastix_log = _ElastixLog(Path(elastix_log_path) if elastix_log_path else None)
@@ -429,10 +477,13 @@ def preprocess_cohort(
     registrar = registrar or AffineRegistrar(threads=threads)
     reference = build_reference(reference_files, cohort, settings, registrar, elastix_log)
     outputs, entries = [], []
+    progress = Progress(len(cohort), "preprocess", unit="case")
     for files in cohort:
         output = process_case(files, reference, settings, registrar, elastix_log)
         entries.append(_write_case_files(out, output, reference.grid))
         outputs.append(output)
+        progress.update()
+    progress.close()
     n_classes = len(settings.labels)
     qc = _qc_table(outputs, n_classes, reference.case.id)
     write_text(out / "qc.csv", qc)
@@ -458,6 +509,7 @@ def preprocess_cohort(
         "reference": reference.case.id,
         "cases": entries,
     }
+    write_plan(out, preprocess_plan(settings, reference.target))
     write_json(out / "manifest.json", manifest)
     _log_overlap(outputs, n_classes)
     return manifest

@@ -3,18 +3,19 @@
 Registration (Fig. 6): the first two test cases of a split form the pair (moving = the
 second, fixed = the first); each method's warped moving image is drawn with its warped
 moving label. Segmentation (Fig. 7): the first test case, with each method's predicted
-label. Predictions are computed here from each method's ``model.pt`` (not read from the
-evaluation), so this step only needs the manifest, a split and the models; it is a rule of
-its own so that the tables never wait for it.
+label. Predictions come from each method's ``model.pt`` through the functions that
+``deeprs evaluate`` scores (:mod:`deeprs.evaluate.engine`, same padding and autocast), so a
+panel shows the scored prediction, and its title gives its mean Dice over structures. This
+step only needs the manifest, a split and the models; it is a rule of its own so that the
+tables never wait for it.
 
-Run as ``python -m deeprs.report.overlays --manifest ... --split ... --results ...``.
+Run as ``deeprs overlays --manifest ... --split ... --results ...``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +31,25 @@ from matplotlib.lines import Line2D  # noqa: E402
 from torch import nn  # noqa: E402
 
 from deeprs.data.cases import Manifest, Split, load_manifest, load_split  # noqa: E402
-from deeprs.device import select_device  # noqa: E402
-from deeprs.errors import DataError, DeeprsError  # noqa: E402
+from deeprs.device import (  # noqa: E402
+    DEVICE_CHOICES,
+    add_cpu_bf16_argument,
+    select_device,
+    set_threads,
+)
+from deeprs.errors import DataError  # noqa: E402
+from deeprs.evaluate.engine import (  # noqa: E402
+    load_test_volumes,
+    predict_pairs,
+    predict_segmentation,
+)
+from deeprs.evaluate.metrics import dice  # noqa: E402
+from deeprs.inference.model import TrainedModel, load_model_file  # noqa: E402
 from deeprs.io import atomic_path  # noqa: E402
 from deeprs.methods import get_method  # noqa: E402
-from deeprs.nets.spatial import warp  # noqa: E402
+from deeprs.nets.padding import NETWORK_MULTIPLE  # noqa: E402
 from deeprs.palette import structure_colour, structure_title  # noqa: E402
 from deeprs.report.paper import method_title  # noqa: E402
-from deeprs.train.checkpoint import load_models  # noqa: E402
-from deeprs.train.sampling import crop_to_shape, pad_to_multiple  # noqa: E402
 
 LOG = logging.getLogger(__name__)
 
@@ -57,6 +68,12 @@ class Panel:
     image: np.ndarray | None
     label: np.ndarray | None
     target: np.ndarray | None = None
+    dice: float | None = None
+
+    @property
+    def heading(self) -> str:
+        """The title, with the mean Dice (whole volume) of a scored prediction below it."""
+        return self.title if self.dice is None else f"{self.title}\nDice {self.dice:.3f}"
 
 
 def pick_slice(label: np.ndarray) -> int:
@@ -97,11 +114,20 @@ def draw_panels(
     """A grid of panels with one contour colour per structure and a legend of structures."""
     columns = min(len(panels), 6)
     rows = -(-len(panels) // columns)
+    # The legend wraps into rows of at most four entries (two per panel) under a figure at
+    # least 6.5 inches wide, so that a figure of few panels does not cut it off.
+    entries = len(structures) + int(any(panel.target is not None for panel in panels))
+    legend_columns = min(entries, max(4, 2 * columns))
+    legend_rows = -(-entries // legend_columns)
+    legend_height = 0.3 * legend_rows
     figure, axes_grid = plt.subplots(
-        rows, columns, figsize=(2.3 * columns, 2.5 * rows + 0.6), squeeze=False
+        rows,
+        columns,
+        figsize=(max(2.3 * columns, 6.5), 2.8 * rows + 0.4 + legend_height),
+        squeeze=False,
     )
     for axes, panel in zip(axes_grid.flat, panels, strict=False):
-        axes.set_title(panel.title, fontsize=9)
+        axes.set_title(panel.heading, fontsize=9)
         axes.set_xticks([])
         axes.set_yticks([])
         if panel.image is None:
@@ -127,58 +153,22 @@ def draw_panels(
         handles,
         names,
         loc="lower center",
-        ncol=len(handles),
+        ncol=legend_columns,
         frameon=False,
         fontsize=9,
     )
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    # h_pad leaves room for the two-line titles (method and Dice) of the rows below the first.
+    figure.tight_layout(rect=(0, legend_height / figure.get_figheight(), 1, 1), h_pad=1.5)
     with atomic_path(out_path) as temporary:
         figure.savefig(temporary, format="png", dpi=130)
     plt.close(figure)
     return Path(out_path)
 
 
-def _volume_tensor(volume: np.ndarray, device: torch.device, label: bool = False) -> torch.Tensor:
-    """``(1, 1, D, H, W)`` on ``device``, padded for the nets (edge for images, 0 for labels)."""
-    padded = pad_to_multiple(np.asarray(volume), mode="constant" if label else "edge")
-    tensor = torch.tensor(padded, dtype=torch.long if label else torch.float32)  # copies mmap data
-    return tensor[None, None].to(device)
-
-
-@torch.no_grad()
-def register_pair(
-    registration: nn.Module | None,
-    moving_image: np.ndarray,
-    fixed_image: np.ndarray,
-    moving_label: np.ndarray,
-    device: torch.device,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The moving image (trilinear) and label (nearest) warped onto the fixed image.
-
-    ``registration`` None means the identity: the cases are already affinely aligned, which
-    is what "Affine only" shows.
-    """
-    if registration is None:
-        return np.asarray(moving_image), np.asarray(moving_label)
-    shape = tuple(moving_image.shape)
-    moving = _volume_tensor(moving_image, device)
-    displacement = registration(moving, _volume_tensor(fixed_image, device))
-    warped_image = warp(moving, displacement, mode="bilinear")
-    warped_label = warp(
-        _volume_tensor(moving_label, device, label=True), displacement, mode="nearest"
-    )
-    return (
-        crop_to_shape(warped_image, shape)[0, 0].cpu().numpy(),
-        crop_to_shape(warped_label, shape)[0, 0].cpu().numpy().astype(np.uint8),
-    )
-
-
-@torch.no_grad()
-def segment(segmentation: nn.Module, image: np.ndarray, device: torch.device) -> np.ndarray:
-    """The class map (argmax of the logits) of one image, cropped back to its shape."""
-    logits = segmentation(_volume_tensor(image, device))
-    return crop_to_shape(logits.argmax(dim=1), tuple(image.shape))[0].cpu().numpy().astype(np.uint8)
+def mean_dice(predicted: np.ndarray, expected: np.ndarray, labels: dict[str, int]) -> float:
+    """Mean over structures of :func:`deeprs.evaluate.metrics.dice` (as the tables average)."""
+    return float(np.nanmean(list(dice(predicted, expected, labels).values())))
 
 
 ModelLoader = Callable[[str], dict[str, nn.Module] | None]
@@ -192,13 +182,23 @@ def model_loader(results: Path, split_name: str, device: torch.device) -> ModelL
         if not path.is_file():
             LOG.warning("%s: no model at %s; its panel shows 'missing'", method, path)
             return None
-        return load_models(path, device)
+        model: TrainedModel = load_model_file(path, device)
+        return model.networks
 
     return load
 
 
+def _multiple(networks: dict[str, nn.Module]) -> int:
+    return max([NETWORK_MULTIPLE, *(getattr(n, "size_divisor", 1) for n in networks.values())])
+
+
 def registration_panels(
-    manifest: Manifest, split: Split, methods: list[str], load: ModelLoader, device: torch.device
+    manifest: Manifest,
+    split: Split,
+    methods: list[str],
+    load: ModelLoader,
+    device: torch.device,
+    cpu_bf16: bool = True,
 ) -> tuple[list[Panel], int]:
     """Moving, fixed, and one warped moving image per method with registration."""
     if len(split.test) < 2:
@@ -206,14 +206,10 @@ def registration_panels(
     fixed_id, moving_id = split.test[0], split.test[1]
     fixed_label = np.asarray(manifest.label(fixed_id))
     z = pick_slice(fixed_label)
-    moving_image, moving_label = (
-        np.asarray(manifest.image(moving_id)),
-        np.asarray(manifest.label(moving_id)),
-    )
-    fixed_image = np.asarray(manifest.image(fixed_id))
+    moving_label = np.asarray(manifest.label(moving_id))
     panels = [
-        Panel(f"moving {moving_id}", moving_image[z], moving_label[z]),
-        Panel(f"fixed {fixed_id}", fixed_image[z], fixed_label[z]),
+        Panel(f"moving {moving_id}", np.asarray(manifest.image(moving_id))[z], moving_label[z]),
+        Panel(f"fixed {fixed_id}", np.asarray(manifest.image(fixed_id))[z], fixed_label[z]),
     ]
     for method in dict.fromkeys(methods):
         spec = get_method(method)
@@ -227,17 +223,33 @@ def registration_panels(
             raise DataError(
                 f"the model of '{method}' for split '{split.name}' has no registration network; retrain it"
             )
-        warped_image, warped_label = register_pair(
-            models.get("registration"), moving_image, fixed_image, moving_label, device
+        volumes = load_test_volumes(
+            manifest, split, device, _multiple(models), [moving_id, fixed_id]
         )
+        predicted = predict_pairs(
+            volumes, [(moving_id, fixed_id)], models.get("registration"), cpu_bf16, True
+        )
+        assert predicted.images is not None
+        warped_label = predicted.labels[0]
         panels.append(
-            Panel(method_title(method), warped_image[z], warped_label[z], target=fixed_label[z])
+            Panel(
+                method_title(method),
+                predicted.images[0][z],
+                warped_label[z],
+                target=fixed_label[z],
+                dice=mean_dice(warped_label, fixed_label, manifest.labels),
+            )
         )
     return panels, z
 
 
 def segmentation_panels(
-    manifest: Manifest, split: Split, methods: list[str], load: ModelLoader, device: torch.device
+    manifest: Manifest,
+    split: Split,
+    methods: list[str],
+    load: ModelLoader,
+    device: torch.device,
+    cpu_bf16: bool = True,
 ) -> tuple[list[Panel], int]:
     """The image with its ground truth, and one prediction per method with segmentation."""
     if not split.test:
@@ -257,12 +269,15 @@ def segmentation_panels(
             raise DataError(
                 f"the model of '{method}' for split '{split.name}' has no segmentation network; retrain it"
             )
+        volumes = load_test_volumes(manifest, split, device, _multiple(models), [case_id])
+        predicted = predict_segmentation(volumes, case_id, models["segmentation"], cpu_bf16)
         panels.append(
             Panel(
                 method_title(method),
                 image[z],
-                segment(models["segmentation"], image, device)[z],
+                predicted[z],
                 target=label[z],
+                dice=mean_dice(predicted, label, manifest.labels),
             )
         )
     return panels, z
@@ -275,6 +290,7 @@ def draw_overlays(
     methods: list[str],
     out_dir: Path,
     device: torch.device,
+    cpu_bf16: bool = True,
 ) -> list[Path]:
     """``overlays_registration.png`` and ``overlays_segmentation.png`` in ``out_dir``."""
     manifest = load_manifest(manifest_path)
@@ -286,7 +302,7 @@ def draw_overlays(
         ("registration", registration_panels),
         ("segmentation", segmentation_panels),
     ):
-        panels, z = build(manifest, split, methods, load, device)
+        panels, z = build(manifest, split, methods, load, device, cpu_bf16)
         title = f"{task.capitalize()}, {split.name}, axial slice {z}"
         out_path = Path(out_dir) / f"overlays_{task}.png"
         written.append(draw_panels(panels, structures, out_path, title, TARGET_NAMES[task]))
@@ -299,35 +315,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--methods", nargs="+", required=True, help="methods in figure order")
     parser.add_argument("--out-dir", type=Path, default=Path("results/report"))
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--threads", type=int, default=1)
+    add_cpu_bf16_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = select_device(args.device)
     written = draw_overlays(
-        args.manifest, args.split, args.results, args.methods, args.out_dir, device
+        args.manifest, args.split, args.results, args.methods, args.out_dir, device, args.cpu_bf16
     )
     LOG.info("wrote %s", ", ".join(str(path) for path in written))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m deeprs.report.overlays", description=__doc__.split("\n")[0]
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        return run(args)
-    except DeeprsError as error:
-        print(f"deeprs overlays: error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

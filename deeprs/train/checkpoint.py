@@ -3,11 +3,15 @@
 Each network is stored with the ``kind`` and constructor arguments that rebuild it
 (``deeprs.nets.build_network(kind, **args)``), so a model file is readable without
 knowing which method or width produced it. Files are written under a temporary name and
-renamed, so a job killed while saving leaves the previous checkpoint intact.
+renamed, so a job killed while saving leaves the previous checkpoint intact, and a damaged
+checkpoint is set aside rather than blocking the rerun (:func:`read_checkpoint`).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,8 @@ from torch import nn
 
 from deeprs.errors import DataError
 from deeprs.io import atomic_path
+
+LOG = logging.getLogger(__name__)
 
 MODEL_KEYS = ("registration", "segmentation", "discriminator")
 
@@ -45,20 +51,66 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
         torch.save(payload, handle)
 
 
-def read_payload(path: Path, what: str) -> dict[str, Any]:
+class _Unreadable(Exception):
+    """A file torch cannot read back as a dictionary; the message says why."""
+
+
+def _load(path: Path) -> dict[str, Any]:
     """``torch.load`` restricted to tensors and plain containers (no pickled code)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise DataError(f"{what} '{path}' does not exist; run the training step first") from None
+        raise
     except Exception as error:  # torch raises several types for a damaged file
-        raise DataError(
-            f"{what} '{path}' cannot be read ({type(error).__name__}); delete it and "
-            "rerun the training step"
-        ) from None
+        raise _Unreadable(f"cannot be read ({type(error).__name__})") from None
     if not isinstance(payload, dict):
-        raise DataError(f"{what} '{path}' does not hold a dictionary; rerun the training step")
+        raise _Unreadable("does not hold a dictionary")
     return payload
+
+
+def read_payload(path: Path, what: str) -> dict[str, Any]:
+    """The dictionary in ``path``; a missing or damaged file is one DataError line."""
+    try:
+        return _load(path)
+    except FileNotFoundError:
+        raise DataError(f"{what} '{path}' does not exist; run the training step first") from None
+    except _Unreadable as error:
+        raise DataError(f"{what} '{path}' {error}; delete it and rerun the training step") from None
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename ``path`` to ``<name>.corrupt-<UTC time>`` (never over an earlier one)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    number = 1
+    while aside.exists():
+        number += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{number}")
+    os.replace(path, aside)
+    return aside
+
+
+def read_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The training state saved in ``path``, or None when there is none to resume from.
+
+    Our own writes are verified before they are renamed into place, but a checkpoint can
+    still be damaged afterwards (a disk fault, a partial copy). Such a file must not block
+    every rerun: it is kept under ``checkpoint.pt.corrupt-<UTC time>`` for inspection, a
+    warning says so, and training starts from scratch.
+    """
+    try:
+        return _load(path)
+    except FileNotFoundError:
+        return None
+    except _Unreadable as error:
+        aside = _set_aside(path)
+        LOG.warning(
+            "checkpoint '%s' %s; kept it as '%s' and training starts from scratch",
+            path,
+            error,
+            aside.name,
+        )
+        return None
 
 
 def save_model(

@@ -15,21 +15,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from deeprs.io import atomic_path  # noqa: E402
+from deeprs.terms import TERMS  # noqa: E402
 
-LOSS_TERMS: dict[str, str] = {
-    "reg_adv": "R: adversarial (from D)",
-    "reg_drc": "R: DRC (eq. 2)",
-    "reg_cc": "R: local NCC",
-    "reg_smooth": "R: smoothness",
-    "reg_anatomy": "R: anatomy Dice (DeepAtlas)",
-    "reg_label": "R: label constraint (HybridCNN)",
-    "disc": "D: eq. 5",
-    "seg_ce": "S: CE on augmentation data",
-    "seg_acm": "S: ACM (eq. 1)",
-    "seg_weak": "S: unweighted weak supervision",
-    "seg_supervised": "S: supervised on labelled images",
-}
-"""Column name -> plot title; values are unweighted loss terms."""
+LOSS_TERMS: dict[str, str] = {name: term.title for name, term in TERMS.items()}
+"""Column name -> plot title (:mod:`deeprs.terms`); values are unweighted loss terms."""
 
 COLUMNS = ["iteration", *LOSS_TERMS, "disc_lr_scale"]
 

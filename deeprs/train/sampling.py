@@ -18,38 +18,16 @@ import torch
 
 from deeprs.data.cases import Manifest, Split
 from deeprs.errors import DataError
+from deeprs.nets.padding import (  # noqa: F401  (crop_to_shape: re-exported)
+    NETWORK_MULTIPLE,
+    crop_to_shape,
+    pad_to_multiple,
+    padded_shape,
+)
 
 LOG = logging.getLogger(__name__)
 
-NETWORK_MULTIPLE = 16
-"""Every spatial size is padded to a multiple of this: the nets halve the grid four times."""
-
 Item = TypeVar("Item")
-
-
-def padded_shape(shape: tuple[int, ...], multiple: int = NETWORK_MULTIPLE) -> tuple[int, ...]:
-    return tuple(-(-size // multiple) * multiple for size in shape)
-
-
-def pad_to_multiple(
-    volume: np.ndarray, multiple: int = NETWORK_MULTIPLE, mode: str = "edge"
-) -> np.ndarray:
-    """Pad a ``(z, y, x)`` array at the far end of each axis up to a multiple of ``multiple``.
-
-    Images use ``edge`` (the same border rule as the spatial transformer); label maps use
-    ``constant`` (background). ``crop_to_shape`` undoes it.
-    """
-    target = padded_shape(volume.shape, multiple)
-    widths = [(0, t - s) for s, t in zip(volume.shape, target, strict=True)]
-    if not any(after for _, after in widths):
-        return np.asarray(volume)
-    return np.pad(volume, widths, mode=mode)
-
-
-def crop_to_shape(tensor: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    """Undo :func:`pad_to_multiple` on the last three axes of a tensor."""
-    depth, height, width = shape
-    return tensor[..., :depth, :height, :width]
 
 
 @dataclass

@@ -1,16 +1,19 @@
 """The three updates of one training iteration: R, then D, then S (section 3.2 of the paper).
 
-Which loss terms each update computes is read from the :class:`MethodSpec`; a term that a
-method lacks is never computed (no zero-weighted forward passes). Each step returns the
-unweighted value of every term it computed, named as the columns of ``losses.csv``, and
-refuses to apply an update whose loss is NaN or infinite.
+Each update sums the method's loss terms of its network (:mod:`deeprs.terms`), each times
+its weight; a term that a method lacks is never computed (no zero-weighted forward
+passes). The inputs the terms share (warped labels, S's prediction on the fixed image,
+D's confidence) are computed once per step, when a term first reads them. Each step
+returns the unweighted value of every term it computed, named as the columns of
+``losses.csv``, and refuses to apply an update whose loss is NaN or infinite.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -19,6 +22,7 @@ from deeprs import losses
 from deeprs.device import autocast
 from deeprs.methods import MethodSpec
 from deeprs.nets.spatial import one_hot, warp, warp_labels_onehot
+from deeprs.terms import SEGMENTATION_INPUTS, LossTerm, terms_of
 
 FAN_SCHEDULE = ((0.6, 1.0), (0.4, 0.1), (0.2, 0.01))
 """Adv-Reg's discriminator learning-rate factors: (loss above, factor); below all: frozen."""
@@ -59,11 +63,12 @@ class StepContext:
 
     method: MethodSpec
     weights: dict[str, float]
+    """``train.weights``: the config's lambda per weight key of :mod:`deeprs.terms`."""
     num_classes: int
     device: torch.device
     generator: torch.Generator
-    base_lr: float
-    """The discriminator's learning rate before Fan's schedule scales it."""
+    discriminator_lr: float
+    """D's learning rate before Fan's schedule scales it."""
     cpu_bf16: bool = False
 
 
@@ -81,6 +86,28 @@ def frozen(*networks: nn.Module | None) -> Iterator[None]:
             parameter.requires_grad_(flag)
 
 
+@contextlib.contextmanager
+def _constant(device: torch.device) -> Iterator[None]:
+    """No gradient and full precision: S's targets are fixed float32 maps."""
+    with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
+        yield
+
+
+def _weighted_sum(
+    context: StepContext, active: list[LossTerm], inputs: object
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Compute the ``active`` terms; their weighted sum and each term's value."""
+    terms: dict[str, torch.Tensor] = {}
+    total = torch.zeros((), device=context.device)
+    for term in active:
+        value = term.compute(inputs)
+        if value is None:
+            continue
+        terms[term.name] = value
+        total = total + context.method.weight(term.name, context.weights) * value
+    return total, terms
+
+
 def _apply(
     optimizer: torch.optim.Optimizer, total: torch.Tensor, terms: dict[str, torch.Tensor]
 ) -> dict[str, float]:
@@ -95,13 +122,41 @@ def _apply(
     return values
 
 
-def _overlap_loss(probabilities: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Soft Dice loss between two probability maps (DeepAtlas' anatomy, HybridCNN's labels).
+@dataclass
+class RegistrationInputs:
+    """What R's terms read: the pair, R's displacement and warp, and what they share."""
 
-    ``soft_dice_loss`` takes logits; the log of a map whose classes sum to one is a logit
-    vector whose softmax is that map again.
-    """
-    return losses.soft_dice_loss(torch.log(probabilities.clamp_min(1e-6)), target)
+    context: StepContext
+    networks: Networks
+    pair: Pair
+    displacement: torch.Tensor
+    warped: torch.Tensor
+
+    @cached_property
+    def fixed_logits(self) -> torch.Tensor:
+        """S's prediction on the fixed image, a constant target (DRC, DeepAtlas' anatomy)."""
+        assert self.networks.segmentation is not None
+        with torch.no_grad():
+            return self.networks.segmentation(self.pair.fixed)
+
+    @cached_property
+    def warped_label(self) -> torch.Tensor:
+        """The moving label warped by R, as class probabilities (differentiable in R)."""
+        return warp_labels_onehot(
+            self.pair.moving_label, self.displacement, self.context.num_classes
+        )
+
+    @cached_property
+    def fixed_label_onehot(self) -> torch.Tensor:
+        assert self.pair.fixed_label is not None
+        return one_hot(self.pair.fixed_label, self.context.num_classes)
+
+    @cached_property
+    def fixed_anatomy(self) -> torch.Tensor:
+        """The fixed image's label, or S's softmax where the fixed image has none."""
+        if self.pair.fixed_label is not None:
+            return self.fixed_label_onehot
+        return torch.softmax(self.fixed_logits.float(), dim=1)
 
 
 def registration_step(
@@ -109,50 +164,17 @@ def registration_step(
 ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """Update R (S and D frozen). Returns the terms, the displacement and the warped image
     (both detached) for the D and S steps of the same iteration."""
-    method, weights = context.method, context.weights
     registration = networks.registration
     assert registration is not None
-    terms: dict[str, torch.Tensor] = {}
-    total = torch.zeros((), device=context.device)
     with (
         frozen(networks.segmentation, networks.discriminator),
         autocast(context.device, context.cpu_bf16),
     ):
         displacement = registration(pair.moving, pair.fixed)
         warped = warp(pair.moving, displacement)
-        if method.similarity_ncc:
-            terms["reg_cc"] = losses.local_ncc_loss(warped, pair.fixed)
-            total = total + weights["cc"] * terms["reg_cc"]
-        if method.smoothness:
-            terms["reg_smooth"] = losses.smoothness_loss(displacement)
-            total = total + weights["smooth"] * terms["reg_smooth"]
-        if method.adversarial:
-            assert networks.discriminator is not None
-            terms["reg_adv"] = losses.adversarial_loss(networks.discriminator(warped, pair.fixed))
-            total = total + weights["adv"] * terms["reg_adv"]
-        fixed_logits = None
-        if method.drc or (method.anatomy_dice and pair.fixed_label is None):
-            assert networks.segmentation is not None
-            with torch.no_grad():
-                fixed_logits = networks.segmentation(pair.fixed)
-        if method.drc:
-            assert networks.segmentation is not None and fixed_logits is not None
-            terms["reg_drc"] = losses.drc_loss(networks.segmentation(warped), fixed_logits)
-            total = total + weights["drc"] * terms["reg_drc"]
-        if method.anatomy_dice or (method.label_constraint and pair.fixed_label is not None):
-            warped_label = warp_labels_onehot(pair.moving_label, displacement, context.num_classes)
-            if method.label_constraint and pair.fixed_label is not None:
-                fixed_onehot = one_hot(pair.fixed_label, context.num_classes)
-                terms["reg_label"] = _overlap_loss(warped_label, fixed_onehot)
-                total = total + method.anatomy_weight * terms["reg_label"]
-            if method.anatomy_dice:
-                if pair.fixed_label is not None:
-                    target = one_hot(pair.fixed_label, context.num_classes)
-                else:
-                    assert fixed_logits is not None
-                    target = torch.softmax(fixed_logits.float(), dim=1)
-                terms["reg_anatomy"] = _overlap_loss(warped_label, target)
-                total = total + method.anatomy_weight * terms["reg_anatomy"]
+        inputs = RegistrationInputs(context, networks, pair, displacement, warped)
+        active = terms_of("registration", context.method.terms)
+        total, terms = _weighted_sum(context, active, inputs)
     values = _apply(networks.optimizers["registration"], total, terms)
     return values, displacement.detach(), warped.detach()
 
@@ -165,6 +187,13 @@ def discriminator_lr_factor(loss: float) -> float:
     return 0.0
 
 
+@dataclass
+class DiscriminatorInputs:
+    """D's logits on the reference pair (first) and on R's warp (second)."""
+
+    logits: torch.Tensor
+
+
 def discriminator_step(
     context: StepContext, networks: Networks, pair: Pair, warped: torch.Tensor
 ) -> dict[str, float]:
@@ -175,7 +204,9 @@ def discriminator_step(
     with autocast(context.device, context.cpu_bf16):
         # One batched forward for both pairs (D has no normalisation layer: they stay independent).
         logits = discriminator(torch.cat([reference, warped]), torch.cat([pair.fixed, pair.fixed]))
-        loss = losses.discriminator_loss(logits[:1], logits[1:])
+        (term,) = terms_of("discriminator", context.method.terms)
+        loss = term.compute(DiscriminatorInputs(logits))
+    assert loss is not None
     factor = 1.0
     if context.method.discriminator_lr_schedule:
         # Fan's thresholds are for binary cross-entropy averaged over the positive and the
@@ -183,21 +214,78 @@ def discriminator_step(
         factor = discriminator_lr_factor(float(loss.detach()) / 2)
     optimizer = networks.optimizers["discriminator"]
     for group in optimizer.param_groups:
-        group["lr"] = context.base_lr * factor
+        group["lr"] = context.discriminator_lr * factor
     if factor == 0.0:
-        values = {"disc": float(loss.detach())}
+        values = {term.name: float(loss.detach())}
         if not torch.isfinite(loss.detach()):
-            raise NonFiniteLossError("disc", values["disc"])
+            raise NonFiniteLossError(term.name, values[term.name])
     else:
-        values = _apply(optimizer, loss, {"disc": loss})
+        values = _apply(optimizer, loss, {term.name: loss})
     values["disc_lr_scale"] = factor
     return values
 
 
-def _label_loss(method: MethodSpec, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    if method.segmentation_loss == "dice":
-        return losses.soft_dice_loss(logits, target)
-    return losses.cross_entropy(logits, target)
+@dataclass
+class SegmentationInputs:
+    """What S's terms read: the pair, R's detached displacement and S's logits per image.
+
+    The targets (warped images and labels, D's confidence) are computed once, on first use,
+    without gradient and in float32 (D's confidence under the step's autocast).
+    """
+
+    context: StepContext
+    networks: Networks
+    pair: Pair
+    displacement: torch.Tensor | None
+    logits: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @cached_property
+    def sampled_displacement(self) -> torch.Tensor:
+        """R's displacement, scaled by a DSS draw (eq. 4) when the method uses DSS."""
+        assert self.displacement is not None
+        if not self.context.method.dss:
+            return self.displacement
+        with _constant(self.context.device):
+            alpha = losses.sample_dss_alpha(1, self.context.generator, self.context.device)
+            return losses.dss_scale(self.displacement, alpha)
+
+    @cached_property
+    def warped_image(self) -> torch.Tensor:
+        """The augmentation image: the moving image under the sampled displacement."""
+        with _constant(self.context.device):
+            return warp(self.pair.moving, self.sampled_displacement)
+
+    @cached_property
+    def warped_label(self) -> torch.Tensor:
+        """Its label, as class probabilities."""
+        with _constant(self.context.device):
+            return warp_labels_onehot(
+                self.pair.moving_label, self.sampled_displacement, self.context.num_classes
+            )
+
+    @cached_property
+    def weak_label(self) -> torch.Tensor:
+        """The moving label under R's own displacement: a weak label of the fixed image."""
+        assert self.displacement is not None
+        with _constant(self.context.device):
+            return warp_labels_onehot(
+                self.pair.moving_label, self.displacement, self.context.num_classes
+            )
+
+    @cached_property
+    def confidence(self) -> torch.Tensor:
+        """D's per-voxel confidence that the augmentation image is well registered."""
+        assert self.networks.discriminator is not None
+        with torch.no_grad(), autocast(self.context.device, self.context.cpu_bf16):
+            return self.networks.discriminator.confidence(self.warped_image, self.pair.fixed)
+
+    @cached_property
+    def moving_label_onehot(self) -> torch.Tensor:
+        return one_hot(self.pair.moving_label, self.context.num_classes)
+
+    def image(self, role: str) -> torch.Tensor:
+        """The image S segments for ``role`` (a ``segmentation_input`` of the terms)."""
+        return self.warped_image if role == "warped" else getattr(self.pair, role)
 
 
 def segmentation_step(
@@ -208,51 +296,22 @@ def segmentation_step(
 ) -> dict[str, float]:
     """Update S (R and D frozen: ``displacement`` is detached).
 
-    Without a displacement (DeepAtlas' pre-training) only the supervised term is used.
+    Without a displacement (DeepAtlas' pre-training, the segmentation baselines) only the
+    terms that do not use R run.
     """
-    method, weights = context.method, context.weights
     segmentation = networks.segmentation
     assert segmentation is not None
-    inputs: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        if displacement is not None and (method.augmentation_data or method.acm):
-            sampled = displacement
-            if method.dss:
-                alpha = losses.sample_dss_alpha(1, context.generator, context.device)
-                sampled = losses.dss_scale(displacement, alpha)
-            warped_image = warp(pair.moving, sampled)
-            warped_label = warp_labels_onehot(pair.moving_label, sampled, context.num_classes)
-            if method.augmentation_data:
-                inputs["warped"] = warped_image
-        if displacement is not None and method.weak_supervision_unweighted:
-            weak_label = warp_labels_onehot(pair.moving_label, displacement, context.num_classes)
-        confidence = None
-        if displacement is not None and method.acm:
-            assert networks.discriminator is not None
-            with autocast(context.device, context.cpu_bf16):
-                confidence = networks.discriminator.confidence(warped_image, pair.fixed)
-    if displacement is not None and (method.acm or method.weak_supervision_unweighted):
-        inputs["fixed"] = pair.fixed
-    if method.supervised:
-        inputs["moving"] = pair.moving
-    terms: dict[str, torch.Tensor] = {}
-    total = torch.zeros((), device=context.device)
+    active = [
+        term
+        for term in terms_of("segmentation", context.method.terms)
+        if displacement is not None or not term.uses_registration
+    ]
+    inputs = SegmentationInputs(context, networks, pair, displacement)
+    roles = {term.segmentation_input for term in active}
+    images = {role: inputs.image(role) for role in SEGMENTATION_INPUTS if role in roles}
     with autocast(context.device, context.cpu_bf16):
         # One batched forward of every image S sees in this step.
-        logits = dict(
-            zip(inputs, segmentation(torch.cat(list(inputs.values()))).split(1), strict=True)
-        )
-        if "warped" in logits:
-            terms["seg_ce"] = losses.cross_entropy(logits["warped"], warped_label)
-            total = total + weights["ce"] * terms["seg_ce"]
-        if confidence is not None:
-            terms["seg_acm"] = losses.acm_loss(confidence, warped_label, logits["fixed"])
-            total = total + weights["acm"] * terms["seg_acm"]
-        if displacement is not None and method.weak_supervision_unweighted:
-            terms["seg_weak"] = _label_loss(method, logits["fixed"], weak_label)
-            total = total + method.anatomy_weight * terms["seg_weak"]
-        if method.supervised:
-            target = one_hot(pair.moving_label, context.num_classes)
-            terms["seg_supervised"] = _label_loss(method, logits["moving"], target)
-            total = total + method.supervised_weight * weights["ce"] * terms["seg_supervised"]
+        batch = segmentation(torch.cat(list(images.values())))
+        inputs.logits = dict(zip(images, batch.split(1), strict=True))
+        total, terms = _weighted_sum(context, active, inputs)
     return _apply(networks.optimizers["segmentation"], total, terms)

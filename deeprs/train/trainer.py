@@ -19,15 +19,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from deeprs import perf
+from deeprs.config import read_section, section_defaults
 from deeprs.data.cases import Manifest, Split
-from deeprs.device import set_threads
 from deeprs.errors import DeeprsError
 from deeprs.io import remove_stale_temporaries
 from deeprs.methods import MethodSpec
 from deeprs.nets import build_network
+from deeprs.progress import Progress
+from deeprs.terms import WEIGHT_KEYS
 from deeprs.train import checkpoint as ckpt
 from deeprs.train.augment import augment_pair
 from deeprs.train.history import empty_row, plot_losses, write_losses_csv
@@ -50,9 +51,6 @@ from deeprs.train.steps import (
 
 LOG = logging.getLogger(__name__)
 
-DEFAULT_WEIGHTS = {"adv": 1.0, "drc": 10.0, "cc": 1.0, "smooth": 1.0, "acm": 1.0, "ce": 1.0}
-"""The paper's lambdas (section 4.1)."""
-
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
 LOSSES_CSV = "losses.csv"
@@ -62,47 +60,54 @@ RMSPROP_ALPHA = 0.9
 """Keras' RMSprop decay (rho), the paper's framework; torch's default is 0.99."""
 
 
+_DEFAULTS = section_defaults("train")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
-    """Hyperparameters of one training run (config section ``train``)."""
+    """Settings of one training run: config section ``train`` (without the per-job device
+    and threads) and the study's seed. Defaults come from the config schema."""
 
-    iterations: int = 1500
-    width: float = 1.0
-    lr: float = 2e-4
-    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    checkpoint_every: int = 100
-    seed: int = 2020
-    threads: int = 1
-    cpu_bf16: bool = True
-    discriminator_lr: float | None = None
-
-    @property
-    def lr_discriminator(self) -> float:
-        """D's learning rate: ``discriminator_lr`` when set, else the shared ``lr``."""
-        return self.lr if self.discriminator_lr is None else self.discriminator_lr
+    iterations: int = _DEFAULTS["iterations"]
+    width: float = _DEFAULTS["width"]
+    lr: float = _DEFAULTS["lr"]
+    weights: dict[str, float] = field(default_factory=lambda: dict(_DEFAULTS["weights"]))
+    checkpoint_every: int = _DEFAULTS["checkpoint_every"]
+    seed: int = _DEFAULTS["seed"]
+    cpu_bf16: bool = _DEFAULTS["cpu_bf16"]
+    discriminator_lr: float | None = _DEFAULTS["discriminator_lr"]
+    """D's learning rate; None (config null) means ``lr``, as in the paper."""
 
     def __post_init__(self) -> None:
-        unknown = set(self.weights) - set(DEFAULT_WEIGHTS)
+        unknown = set(self.weights) - set(WEIGHT_KEYS)
         if unknown:
             raise DeeprsError(
                 f"config key 'train.weights' has unknown terms {sorted(unknown)}; "
-                f"use {', '.join(DEFAULT_WEIGHTS)}"
+                f"use {', '.join(WEIGHT_KEYS)}"
             )
-        object.__setattr__(self, "weights", {**DEFAULT_WEIGHTS, **self.weights})
+        object.__setattr__(self, "weights", {**_DEFAULTS["weights"], **self.weights})
+        if self.discriminator_lr is None:
+            object.__setattr__(self, "discriminator_lr", self.lr)
         if self.iterations < 1 or self.checkpoint_every < 1:
             raise DeeprsError(
                 "config keys 'train.iterations' and 'train.checkpoint_every' must be >= 1"
             )
 
+    @classmethod
+    def from_json(cls, text: str) -> TrainSettings:
+        """The settings a ``train`` rule passes (:func:`deeprs.config.section_json`), checked
+        against the schema and completed with its defaults."""
+        return cls(**read_section(text, "train"))
+
     def resume_key(self) -> dict[str, Any]:
-        """The settings a checkpoint must share to be resumed (not the run length or threads)."""
+        """The settings a checkpoint must share to be resumed (not the run length)."""
         return {
             "width": self.width,
             "lr": self.lr,
             "weights": dict(self.weights),
             "seed": self.seed,
             "cpu_bf16": self.cpu_bf16,
-            "discriminator_lr": self.lr_discriminator,
+            "discriminator_lr": self.discriminator_lr,
         }
 
 
@@ -122,6 +127,15 @@ class TrainResult:
 
 
 IterationCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class StepSetup:
+    """A method's networks, their kinds (for ``model.pt``) and the context of its steps."""
+
+    networks: Networks
+    kinds: dict[str, tuple[str, nn.Module]]
+    context: StepContext
 
 
 def build_networks(
@@ -153,7 +167,7 @@ def build_networks(
         if key == "segmentation":
             optimizers[key] = torch.optim.Adam(net.parameters(), lr=settings.lr)
         else:
-            lr = settings.lr_discriminator if key == "discriminator" else settings.lr
+            lr = settings.discriminator_lr if key == "discriminator" else settings.lr
             optimizers[key] = torch.optim.RMSprop(net.parameters(), lr=lr, alpha=RMSPROP_ALPHA)
     networks = Networks(
         registration=kinds.get("registration", (None, None))[1],
@@ -162,6 +176,26 @@ def build_networks(
         optimizers=optimizers,
     )
     return networks, kinds
+
+
+def build_step(
+    method: MethodSpec, num_classes: int, settings: TrainSettings, device: torch.device
+) -> StepSetup:
+    """Networks, optimisers and step context exactly as the trainer builds them.
+
+    ``deeprs bench`` times the trainer's steps on what this returns.
+    """
+    networks, kinds = build_networks(method, num_classes, settings, device)
+    context = StepContext(
+        method=method,
+        weights=settings.weights,
+        num_classes=num_classes,
+        device=device,
+        generator=torch.Generator().manual_seed(settings.seed),
+        discriminator_lr=settings.discriminator_lr,
+        cpu_bf16=settings.cpu_bf16,
+    )
+    return StepSetup(networks, kinds, context)
 
 
 def active_updates(method: MethodSpec, iteration: int, iterations: int) -> tuple[bool, bool]:
@@ -189,8 +223,18 @@ def _pair(data: TrainingData, moving: str, fixed: str) -> Pair:
     )
 
 
-class _Run:
-    """State of one training run: what a checkpoint holds and one iteration's work."""
+def _describe(row: dict[str, float]) -> dict[str, str]:
+    return {key: f"{value:.3g}" for key, value in row.items() if key != "iteration" and value != 0}
+
+
+class Trainer:
+    """One training run of ``method`` on ``split``, in stages.
+
+    :meth:`setup` builds the networks and loads the data, :meth:`resume` continues from a
+    checkpoint of the same run, :meth:`iterate` does one R/D/S iteration, :meth:`checkpoint`
+    saves the whole state, :meth:`finish` writes ``model.pt``, ``losses.csv`` and
+    ``losses.png``; :meth:`run` does them in order.
+    """
 
     def __init__(
         self,
@@ -198,65 +242,105 @@ class _Run:
         manifest: Manifest,
         split: Split,
         settings: TrainSettings,
+        out_dir: Path,
         device: torch.device,
     ) -> None:
         self.method = method
+        self.manifest = manifest
+        self.split = split
         self.settings = settings
         self.device = device
-        num_classes = len(manifest.labels) + 1
-        self.networks, self.kinds = build_networks(method, num_classes, settings, device)
+        self.out_dir = Path(out_dir)
+        self.checkpoint_path = self.out_dir / CHECKPOINT_FILE
+        self.model_path = self.out_dir / MODEL_FILE
+        self.history: list[dict[str, float]] = []
+
+    def setup(self) -> None:
+        """Networks, optimisers, the training data on the device and the data order."""
+        method, settings = self.method, self.settings
+        step = build_step(method, len(self.manifest.labels) + 1, settings, self.device)
+        self.networks, self.kinds, self.context = step.networks, step.kinds, step.context
+        self.generator = self.context.generator
         multiple = max(getattr(net, "size_divisor", 1) for _, net in self.kinds.values())
         self.data = load_training_data(
-            manifest,
-            split,
-            device,
-            labelled_fixed=method.label_constraint,
+            self.manifest,
+            self.split,
+            self.device,
+            labelled_fixed=method.labelled_fixed,
             multiple=max(NETWORK_MULTIPLE, multiple),
         )
         # channels_last_3d weights and volumes: 1.4x on the joint step (deeprs bench).
-        layout = perf.default_options(device)
+        layout = perf.default_options(self.device)
         perf.prepare_networks([net for _, net in self.kinds.values()], layout, self.data.shape)
         self.data.images = {
             case: perf.prepare_volume(image, layout) for case, image in self.data.images.items()
         }
-        self.generator = torch.Generator().manual_seed(settings.seed)
-        self.context = StepContext(
-            method=method,
-            weights=settings.weights,
-            num_classes=num_classes,
-            device=device,
-            generator=self.generator,
-            base_lr=settings.lr_discriminator,
-            cpu_bf16=settings.cpu_bf16,
-        )
-        self.spacing_zyx = manifest.spacing_zyx
         self.pairs = (
             EpochSampler(training_pairs(self.data.moving_ids, self.data.fixed_ids), settings.seed)
             if method.registration
             else None
         )
         self.labelled = EpochSampler(self.data.moving_ids, settings.seed)
-        self.history: list[dict[str, float]] = []
         self.identity = {
             "method": method.name,
             "settings": settings.resume_key(),
-            "split": split.to_json(),
+            "split": self.split.to_json(),
             "shape": list(self.data.shape),
         }
 
+    def resume(self) -> int:
+        """The iteration to start from: that of a checkpoint of this very run, else 0.
+
+        Temporaries of a killed write are removed first; a checkpoint of another method,
+        split or setting is ignored with a warning.
+        """
+        for path in (self.checkpoint_path, self.model_path):
+            for leftover in remove_stale_temporaries(path):
+                LOG.info("removed %s, left by an interrupted write", leftover)
+        state = ckpt.read_checkpoint(self.checkpoint_path)
+        if state is None:
+            return 0
+        if state.get("identity") != self.identity:
+            LOG.warning(
+                "%s was written by another method, split or setting; starting over",
+                self.checkpoint_path,
+            )
+            return 0
+        if int(state.get("iteration", 0)) > self.settings.iterations:
+            LOG.warning(
+                "%s is past train.iterations=%d; starting over",
+                self.checkpoint_path,
+                self.settings.iterations,
+            )
+            return 0
+        for key, (_, net) in self.kinds.items():
+            net.load_state_dict(state["models"][key]["state_dict"])
+        for key, optimizer in self.networks.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][key])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.history = list(state["history"])
+        start = int(state["iteration"])
+        LOG.info(
+            "resuming %s on %s from %s at iteration %d",
+            self.method.name,
+            self.split.name,
+            self.checkpoint_path,
+            start,
+        )
+        return start
+
     def iterate(self, iteration: int) -> dict[str, float]:
+        """One iteration: the R, D and S updates the method has (S alone for S baselines)."""
         row = empty_row(iteration)
         if self.method.supervised_only:
             case = self.labelled.item(iteration)
             image, label = self.data.images[case], self.data.labels[case]
             if self.method.manual_augmentation:
-                image, label = augment_pair(image, label, self.generator, self.spacing_zyx)
+                image, label = augment_pair(image, label, self.generator, self.manifest.spacing_zyx)
             # S alone sees one labelled image; it stands in both roles of the pair.
-            row.update(
-                segmentation_step(
-                    self.context, self.networks, Pair(image, label, image, label), None
-                )
-            )
+            pair = Pair(image, label, image, label)
+            row.update(segmentation_step(self.context, self.networks, pair, None))
             return row
         assert self.pairs is not None
         pair = _pair(self.data, *self.pairs.item(iteration))
@@ -274,8 +358,9 @@ class _Run:
             row.update(segmentation_step(self.context, self.networks, pair, displacement))
         return row
 
-    def state(self, iteration: int) -> dict[str, Any]:
-        return {
+    def checkpoint(self, iteration: int) -> None:
+        """Save everything a resumed run needs to continue exactly (written atomically)."""
+        state = {
             "identity": self.identity,
             "iteration": iteration,
             "models": {
@@ -286,41 +371,88 @@ class _Run:
             "torch_rng": torch.get_rng_state(),
             "history": list(self.history),
         }
+        ckpt.save_atomic(state, self.checkpoint_path)
 
-    def restore(self, state: dict[str, Any]) -> int:
-        for key, (_, net) in self.kinds.items():
-            net.load_state_dict(state["models"][key]["state_dict"])
-        for key, optimizer in self.networks.optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][key])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        self.history = list(state["history"])
-        return int(state["iteration"])
+    def finish(self, start: int, seconds: float) -> TrainResult:
+        """Write the model, the loss history and its plot; drop the checkpoint."""
+        settings = self.settings
+        ckpt.save_model(
+            self.model_path, self.method.name, self.kinds, self.manifest.labels, settings.iterations
+        )
+        write_losses_csv(self.history, self.out_dir / LOSSES_CSV)
+        plot_losses(
+            self.history,
+            self.out_dir / LOSSES_PNG,
+            f"{self.method.title} on {self.split.name}",
+        )
+        self.checkpoint_path.unlink(missing_ok=True)
+        LOG.info(
+            "trained %s on %s: %d iterations in %.1f s",
+            self.method.name,
+            self.split.name,
+            settings.iterations - start,
+            seconds,
+        )
+        return TrainResult(
+            self.model_path,
+            self.out_dir / LOSSES_CSV,
+            self.out_dir / LOSSES_PNG,
+            settings.iterations,
+            start,
+            seconds,
+        )
 
+    def finish_untrained(self) -> TrainResult:
+        """Methods without training (Affine only) still leave the files of a training step."""
+        ckpt.save_model(self.model_path, self.method.name, {}, self.manifest.labels, 0)
+        write_losses_csv([], self.out_dir / LOSSES_CSV)
+        plot_losses([], self.out_dir / LOSSES_PNG, f"{self.method.title}: nothing to train")
+        return TrainResult(
+            self.model_path, self.out_dir / LOSSES_CSV, self.out_dir / LOSSES_PNG, 0, 0, 0.0
+        )
 
-def _resumable(state: dict[str, Any] | None, run: _Run, path: Path) -> bool:
-    if state is None:
-        return False
-    if state.get("identity") != run.identity:
-        LOG.warning("%s was written by another method, split or setting; starting over", path)
-        return False
-    if int(state.get("iteration", 0)) > run.settings.iterations:
-        LOG.warning("%s is past train.iterations=%d; starting over", path, run.settings.iterations)
-        return False
-    return True
+    def _stopped(self, iteration: int, error: NonFiniteLossError) -> DeeprsError:
+        kept = (
+            f"the last good checkpoint '{self.checkpoint_path}' is kept"
+            if self.checkpoint_path.exists()
+            else "no checkpoint was written yet"
+        )
+        return DeeprsError(
+            f"training {self.method.name} on {self.split.name} stopped at iteration "
+            f"{iteration}: {error}; {kept}; lower train.lr or check the input images"
+        )
 
+    def run(self, callback: IterationCallback | None = None) -> TrainResult:
+        """Set up, resume, iterate (checkpointing every ``checkpoint_every``), finish.
 
-def _write_untrained(method: MethodSpec, manifest: Manifest, out_dir: Path) -> TrainResult:
-    """Methods without training (Affine only) still leave the files of a training step."""
-    model_path = out_dir / MODEL_FILE
-    ckpt.save_model(model_path, method.name, {}, manifest.labels, 0)
-    write_losses_csv([], out_dir / LOSSES_CSV)
-    plot_losses([], out_dir / LOSSES_PNG, f"{method.title}: nothing to train")
-    return TrainResult(model_path, out_dir / LOSSES_CSV, out_dir / LOSSES_PNG, 0, 0, 0.0)
-
-
-def _describe(row: dict[str, float]) -> dict[str, str]:
-    return {key: f"{value:.3g}" for key, value in row.items() if key != "iteration" and value != 0}
+        ``callback(iteration, losses)`` runs after each iteration (and its checkpoint);
+        an exception raised there stops the run as a kill would.
+        """
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if not self.method.trains:
+            return self.finish_untrained()
+        self.setup()
+        start = self.resume()
+        settings = self.settings
+        began = time.perf_counter()
+        progress = Progress(
+            settings.iterations, f"train {self.method.name} {self.split.name}", initial=start
+        )
+        for iteration in range(start, settings.iterations):
+            try:
+                row = self.iterate(iteration)
+            except NonFiniteLossError as error:
+                raise self._stopped(iteration, error) from None
+            self.history.append(row)
+            progress.update(values=_describe(row))
+            done = iteration + 1
+            if done % settings.checkpoint_every == 0 and done < settings.iterations:
+                self.checkpoint(done)
+                LOG.info("iteration %d/%d: %s", done, settings.iterations, _describe(row))
+            if callback is not None:
+                callback(iteration, row)
+        progress.close()
+        return self.finish(start, time.perf_counter() - began)
 
 
 def train(
@@ -332,77 +464,5 @@ def train(
     device: torch.device,
     callback: IterationCallback | None = None,
 ) -> TrainResult:
-    """Train ``method`` on ``split`` and write ``model.pt``, ``losses.csv``, ``losses.png``.
-
-    ``callback(iteration, losses)`` runs after each iteration (and its checkpoint);
-    an exception raised there stops the run as a kill would.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not method.trains:
-        return _write_untrained(method, manifest, out_dir)
-    set_threads(settings.threads)
-    run = _Run(method, manifest, split, settings, device)
-    checkpoint_path = out_dir / CHECKPOINT_FILE
-    for path in (checkpoint_path, out_dir / MODEL_FILE):
-        for leftover in remove_stale_temporaries(path):
-            LOG.info("removed %s, left by an interrupted write", leftover)
-    state = ckpt.read_payload(checkpoint_path, "checkpoint") if checkpoint_path.exists() else None
-    start = (
-        run.restore(state) if state is not None and _resumable(state, run, checkpoint_path) else 0
-    )
-    if start:
-        LOG.info(
-            "resuming %s on %s from %s at iteration %d",
-            method.name,
-            split.name,
-            checkpoint_path,
-            start,
-        )
-    began = time.perf_counter()
-    progress = tqdm(
-        range(start, settings.iterations),
-        initial=start,
-        total=settings.iterations,
-        desc=f"{method.name} {split.name}",
-        mininterval=2.0,
-        dynamic_ncols=True,
-    )
-    for iteration in progress:
-        try:
-            row = run.iterate(iteration)
-        except NonFiniteLossError as error:
-            kept = (
-                f"the last good checkpoint '{checkpoint_path}' is kept"
-                if checkpoint_path.exists()
-                else "no checkpoint was written yet"
-            )
-            raise DeeprsError(
-                f"training {method.name} on {split.name} stopped at iteration {iteration}: "
-                f"{error}; {kept}; lower train.lr or check the input images"
-            ) from None
-        run.history.append(row)
-        progress.set_postfix(_describe(row), refresh=False)
-        done = iteration + 1
-        if done % settings.checkpoint_every == 0 and done < settings.iterations:
-            ckpt.save_atomic(run.state(done), checkpoint_path)
-            LOG.info("iteration %d/%d: %s", done, settings.iterations, _describe(row))
-        if callback is not None:
-            callback(iteration, row)
-    progress.close()
-    seconds = time.perf_counter() - began
-    model_path = out_dir / MODEL_FILE
-    ckpt.save_model(model_path, method.name, run.kinds, manifest.labels, settings.iterations)
-    write_losses_csv(run.history, out_dir / LOSSES_CSV)
-    plot_losses(run.history, out_dir / LOSSES_PNG, f"{method.title} on {split.name}")
-    checkpoint_path.unlink(missing_ok=True)
-    LOG.info(
-        "trained %s on %s: %d iterations in %.1f s",
-        method.name,
-        split.name,
-        settings.iterations - start,
-        seconds,
-    )
-    return TrainResult(
-        model_path, out_dir / LOSSES_CSV, out_dir / LOSSES_PNG, settings.iterations, start, seconds
-    )
+    """Train ``method`` on ``split`` and write ``model.pt``, ``losses.csv``, ``losses.png``."""
+    return Trainer(method, manifest, split, settings, out_dir, device).run(callback)

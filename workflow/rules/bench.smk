@@ -12,9 +12,11 @@ rule bench:
         sizes="demo,paper",
     threads: config["train"]["threads"]
     resources:
-        gpu=training_gpus(),
+        gpu=TRAIN_GPUS,
     log:
         f"{LOGS}/bench.log",
+    conda:
+        "../envs/deeprs.yaml"
     shell:
         "deeprs bench --device {params.device} --sizes {params.sizes} --threads {threads}"
         " --out {output:q} > {log:q} 2>&1"

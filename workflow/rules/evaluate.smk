@@ -17,11 +17,11 @@ rule evaluate:
         precision=cpu_bf16_flag(),
     threads: config["train"]["threads"]
     resources:
-        # Trained methods run their networks on the training device (training_gpus in
-        # train.smk); Affine only needs no accelerator.
-        gpu=lambda wildcards: training_gpus() if get_method(method_of_run(wildcards.run)).trains else 0,
+        gpu=run_gpus,
     log:
         f"{LOGS}/{{run}}/{{split}}/evaluate.log",
+    conda:
+        "../envs/deeprs.yaml"
     shell:
         "deeprs evaluate --method {params.method} --split {input.split:q}"
         " --manifest {input.manifest:q} {params.model} --out {output:q}"

@@ -6,16 +6,14 @@ rule split:
     input:
         manifest=f"{RESULTS}/preprocessed/manifest.json",
     output:
-        [f"{RESULTS}/splits/{name}.json" for name in split_names()],
+        [f"{RESULTS}/splits/{name}.json" for name in all_split_names()],
     params:
-        out=f"{RESULTS}/splits",
-        folds=config["folds"],
-        seed=config["seed"],
+        out=lambda wildcards, output: Path(output[0]).parent,
+        settings=settings_of("folds"),
     log:
         f"{LOGS}/split.log",
+    conda:
+        "../envs/deeprs.yaml"
     shell:
         "deeprs split --manifest {input.manifest:q} --out {params.out:q}"
-        " --n-folds {params.folds[n_folds]}"
-        " --label-amounts {params.folds[label_amounts]}"
-        " --repeats {params.folds[label_amount_repeats]}"
-        " --seed {params.seed} > {log:q} 2>&1"
+        " --settings {params.settings:q} > {log:q} 2>&1"

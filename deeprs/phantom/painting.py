@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from deeprs.data.geometry import Affine, Box, Grid
-from deeprs.data.shapes import Shape
-from deeprs.data.subject import MMWHS_LABELS, Tissue
+from deeprs.phantom.shapes import Shape
+from deeprs.phantom.subject import MMWHS_LABELS, Tissue
 
 Field = Callable[[np.ndarray], np.ndarray]
 

@@ -1,4 +1,4 @@
-"""``deeprs phantom``: write the synthetic cardiac CT cohort in the MM-WHS 2017 layout.
+"""The synthetic cardiac CT cohort in the MM-WHS 2017 layout (written by ``deeprs phantom``).
 
 ``DIR/ct_train/ct_train_{1001+i}_{image,label}.nii.gz`` for the labelled cases,
 ``DIR/ct_test/ct_test_{2001+j}_image.nii.gz`` for the unlabelled ones and ``DIR/mosaic.png``.
@@ -14,7 +14,6 @@ byte-identical files.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -23,14 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from tqdm import tqdm
 
 from deeprs.data.geometry import Grid
-from deeprs.data.mosaic import write_mosaic
-from deeprs.data.render import render
-from deeprs.data.subject import MMWHS_LABELS, draw_subject
+from deeprs.data.mosaic import write_cohort_mosaic
 from deeprs.errors import ConfigError
-from deeprs.io import atomic_path
+from deeprs.io import write_image
+from deeprs.phantom.naming import labelled_case_id, unlabelled_case_id
+from deeprs.phantom.render import render
+from deeprs.phantom.subject import MMWHS_LABELS, draw_subject
+from deeprs.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def cohort_files(out_dir: Path, n_labelled: int, n_unlabelled: int) -> list[Case
     """The MM-WHS names: ct_train_1001.. (image and label) and ct_test_2001.. (image only)."""
     cases = []
     for index in range(n_labelled):
-        case_id = f"ct_train_{1001 + index}"
+        case_id = labelled_case_id(index)
         folder = out_dir / "ct_train"
         cases.append(
             CaseFiles(
@@ -107,7 +107,7 @@ def cohort_files(out_dir: Path, n_labelled: int, n_unlabelled: int) -> list[Case
             )
         )
     for index in range(n_unlabelled):
-        case_id = f"ct_test_{2001 + index}"
+        case_id = unlabelled_case_id(index)
         cases.append(
             CaseFiles(case_id, 2001 + index, out_dir / "ct_test" / f"{case_id}_image.nii.gz", None)
         )
@@ -120,8 +120,7 @@ def write_volume(array: np.ndarray, grid: Grid, path: Path) -> None:
     image.SetSpacing(grid.spacing_xyz)
     image.SetOrigin(grid.origin_xyz)
     image.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    with atomic_path(path) as temporary:
-        sitk.WriteImage(image, str(temporary), True)
+    write_image(image, path)
 
 
 def write_case(case: CaseFiles, grid: Grid, seed: int) -> str:
@@ -150,7 +149,7 @@ def generate_cohort(out_dir: Path, settings: CohortSettings, workers: int = 1) -
         out_dir,
     )
     started = time.perf_counter()
-    progress = tqdm(total=len(cases), desc="phantom", unit="case")
+    progress = Progress(len(cases), "phantom", unit="case")
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             for _ in pool.map(write_case, cases, [grid] * len(cases), [settings.seed] * len(cases)):
@@ -163,67 +162,10 @@ def generate_cohort(out_dir: Path, settings: CohortSettings, workers: int = 1) -
     shown = [(case.case_id, case.image, case.label) for case in cases if case.label is not None][
         :MOSAIC_CASES
     ]
-    write_mosaic(shown, MMWHS_LABELS, out_dir / "mosaic.png")
+    write_cohort_mosaic(shown, MMWHS_LABELS, out_dir / "mosaic.png")
     log.info(
         "phantom: wrote %d cases and mosaic.png in %.1f s",
         len(cases),
         time.perf_counter() - started,
     )
     return cases
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="folder to write ct_train/, ct_test/ and mosaic.png into",
-    )
-    parser.add_argument(
-        "--n-labelled",
-        type=int,
-        default=20,
-        help="labelled cases (image + label), named ct_train_1001..",
-    )
-    parser.add_argument(
-        "--n-unlabelled",
-        type=int,
-        default=40,
-        help="unlabelled cases (image only), named ct_test_2001..",
-    )
-    parser.add_argument(
-        "--shape",
-        type=int,
-        nargs=3,
-        default=[160, 160, 96],
-        metavar=("X", "Y", "Z"),
-        help="voxels of the chest field of view",
-    )
-    parser.add_argument(
-        "--spacing",
-        type=float,
-        nargs=3,
-        default=[2.0, 2.0, 3.0],
-        metavar=("SX", "SY", "SZ"),
-        help="voxel size in mm",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=2020, help="the same seed writes byte-identical files"
-    )
-    parser.add_argument(
-        "--workers", type=int, default=1, help="processes that write cases in parallel"
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    settings = CohortSettings(
-        n_labelled=args.n_labelled,
-        n_unlabelled=args.n_unlabelled,
-        shape_xyz=tuple(args.shape),
-        spacing_xyz=tuple(args.spacing),
-        seed=args.seed,
-    )
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be at least 1 (got {args.workers})")
-    generate_cohort(args.out, settings, workers=args.workers)
-    return 0

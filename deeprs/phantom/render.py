@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from deeprs.data.chest import paint_chest
 from deeprs.data.geometry import Grid
-from deeprs.data.heart import heart_layout, heart_parts, heart_warp, vessel_parts
-from deeprs.data.painting import paint_parts
-from deeprs.data.subject import Subject, Tissue
+from deeprs.phantom.chest import paint_chest
+from deeprs.phantom.heart import heart_layout, heart_parts, heart_warp, vessel_parts
+from deeprs.phantom.painting import paint_parts
+from deeprs.phantom.subject import Subject, Tissue
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ import numpy as np
 from scipy import ndimage
 
 from deeprs.data.geometry import Grid
-from deeprs.data.painting import Part, intersect, make_part, paint_parts
-from deeprs.data.shapes import Cuboid, periodic_bands, vertical_tube
-from deeprs.data.subject import Subject, Tissue
+from deeprs.phantom.painting import Part, intersect, make_part, paint_parts
+from deeprs.phantom.shapes import Cuboid, periodic_bands, vertical_tube
+from deeprs.phantom.subject import Subject, Tissue
 
 VESSEL_STEP_MM = 8.0
 RIB_PERIOD_MM = 28.0

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deeprs.data.painting import Part, intersect, make_part, subtract
-from deeprs.data.shapes import Ellipsoid, HalfSpace, Tube, tube_along, unit
-from deeprs.data.subject import Subject, Tissue
+from deeprs.phantom.painting import Part, intersect, make_part, subtract
+from deeprs.phantom.shapes import Ellipsoid, HalfSpace, Tube, tube_along, unit
+from deeprs.phantom.subject import Subject, Tissue
 
 # Semi-axes (mm) at chamber scale 1, before the subject's own scale.
 LV_CAVITY_RADII = np.array([42.0, 24.0, 24.0])

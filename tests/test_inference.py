@@ -1,0 +1,393 @@
+"""Applying trained models to new images: bundle, ``deeprs predict`` and ``deeprs register``.
+
+One module fixture runs the smoke-sized study on the phantom (7 cases of 64x64x40 at
+4x4x6 mm, preprocessing to 32x32x16), trains a small 3D U-Net (300 iterations, enough for
+a Dice near 0.65) and a VoxelMorph-2 (4 iterations), scores the U-Net with
+``deeprs evaluate`` and exports both bundles. Then the preprocessed folder is moved away,
+so every test below proves that a bundle alone is enough.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import torch
+
+from deeprs.cli import main
+from deeprs.data.cases import load_split
+from deeprs.data.ingest import label_to_classes
+from deeprs.inference.bundle import load_bundle
+from deeprs.inference.networks import displacements, volume_tensor, warp_label
+from deeprs.inference.register import (
+    AFFINE_FILE,
+    FIELD_FILE,
+    displacement_field,
+    register_images,
+    write_registration,
+)
+from deeprs.inference.space import Aligner
+from deeprs.nets.padding import crop_to_shape
+from deeprs.preprocess.resample import resample_onto
+
+LABELS = {"myo": 205, "la": 420, "lv": 500, "ra": 550, "rv": 600, "aa": 820, "pa": 850}
+LABEL_ARGS = [f"{name}={value}" for name, value in LABELS.items()]
+CPU = torch.device("cpu")
+
+
+def run_deeprs(*argv: object) -> None:
+    assert main([str(a) for a in argv]) == 0, argv
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("study")
+    data, pre, splits = root / "data", root / "preprocessed", root / "splits"
+    run_deeprs("phantom", "--out", data, "--n-labelled", 6, "--n-unlabelled", 1,
+               "--shape", 64, 64, 40, "--spacing", 4, 4, 6, "--seed", 7)  # fmt: skip
+    run_deeprs("preprocess", "--out", pre, "--data-dir", data, "--layout", "mmwhs",
+               "--modality", "ct", "--labels", *LABEL_ARGS, "--target-shape", 32, 32, 16)  # fmt: skip
+    run_deeprs("split", "--manifest", pre / "manifest.json", "--out", splits, "--n-folds", 2,
+               "--label-amounts", 1, "--repeats", 1, "--seed", 7)  # fmt: skip
+    split = splits / "fold_0.json"
+    paths = {"data": data, "split": split}
+    for method, iterations, width, lr in (
+        ("unet3d", 300, 0.5, 1e-3),
+        ("voxelmorph2", 4, 0.25, 2e-4),
+    ):
+        folder = root / method
+        run_deeprs("train", "--method", method, "--manifest", pre / "manifest.json",
+                   "--split", split, "--out-dir", folder, "--iterations", iterations,
+                   "--width", width, "--lr", lr, "--device", "cpu", "--checkpoint-every", 1000)  # fmt: skip
+        run_deeprs("export", "--model", folder / "model.pt", "--plan", pre / "plan.json",
+                   "--out", folder / "bundle.pt", "--split", "fold_0")  # fmt: skip
+        paths[method] = folder / "bundle.pt"
+    run_deeprs("evaluate", "--method", "unet3d", "--split", split, "--manifest",
+               pre / "manifest.json", "--model", root / "unet3d" / "model.pt",
+               "--out", root / "metrics.csv", "--device", "cpu")  # fmt: skip
+    paths["metrics"] = root / "metrics.csv"
+    paths["test_cases"] = Path(",".join(load_split(split).test))
+    pre.rename(root / "preprocessed_moved_away")
+    return paths
+
+
+def raw_image(study: dict[str, Path], case: str) -> Path:
+    return study["data"] / "ct_train" / f"{case}_image.nii.gz"
+
+
+def raw_label(study: dict[str, Path], case: str) -> sitk.Image:
+    return sitk.ReadImage(str(study["data"] / "ct_train" / f"{case}_label.nii.gz"))
+
+
+def mean_dice(predicted: np.ndarray, expected: np.ndarray, values: list[int]) -> float:
+    scores = []
+    for value in values:
+        a, b = predicted == value, expected == value
+        total = int(a.sum() + b.sum())
+        scores.append(2.0 * np.logical_and(a, b).sum() / total if total else np.nan)
+    return float(np.nanmean(scores))
+
+
+def test_native_prediction_scores_as_evaluate_reports(study, tmp_path: Path) -> None:
+    """Every test case, predicted on its own grid, within 1 Dice point of ``deeprs evaluate``."""
+    cases = str(study["test_cases"]).split(",")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for case in cases:
+        shutil.copy(raw_image(study, case), inputs)
+    run_deeprs("predict", inputs, "--bundle", study["unet3d"], "--out", tmp_path / "out",
+               "--device", "cpu", "--probabilities")  # fmt: skip
+    evaluated = pd.read_csv(study["metrics"]).groupby("sample")["dice"].mean()
+    for case in cases:
+        source = sitk.ReadImage(str(raw_image(study, case)))
+        predicted = sitk.ReadImage(str(tmp_path / "out" / f"{case}_image.nii.gz"))
+        assert predicted.GetSize() == source.GetSize()
+        assert predicted.GetSpacing() == source.GetSpacing()
+        assert predicted.GetOrigin() == source.GetOrigin()
+        assert predicted.GetDirection() == source.GetDirection()
+        native = mean_dice(
+            sitk.GetArrayFromImage(predicted),
+            sitk.GetArrayFromImage(raw_label(study, case)),
+            list(LABELS.values()),
+        )
+        assert evaluated[case] > 0.5, "the fixture's U-Net should have learnt"
+        assert native == pytest.approx(evaluated[case], abs=0.01), case
+        probabilities = sitk.ReadImage(str(tmp_path / "out" / f"{case}_image_probabilities.nii.gz"))
+        values = sitk.GetArrayFromImage(probabilities)
+        assert values.shape[-1] == len(LABELS) + 1
+        np.testing.assert_allclose(values.sum(axis=-1), 1.0, atol=1e-5)
+        classes = label_to_classes(predicted, LABELS, Path(case))
+        np.testing.assert_array_equal(values.argmax(axis=-1), sitk.GetArrayFromImage(classes))
+
+
+def test_a_permuted_and_flipped_copy_gets_the_same_physical_segmentation(
+    study, tmp_path: Path
+) -> None:
+    case = str(study["test_cases"]).split(",")[0]
+    source = sitk.ReadImage(str(raw_image(study, case)))
+    # Same physical content: axes reordered (z, x, y) and two of them flipped, saved as NRRD.
+    moved = sitk.Flip(sitk.PermuteAxes(source, [2, 0, 1]), [True, False, True])
+    assert moved.GetSize() != source.GetSize()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    sitk.WriteImage(source, str(inputs / "plain.nii.gz"))
+    sitk.WriteImage(moved, str(inputs / "turned.nrrd"))
+    run_deeprs("predict", inputs, "--bundle", study["unet3d"], "--out", tmp_path / "out",
+               "--device", "cpu")  # fmt: skip
+    plain = sitk.ReadImage(str(tmp_path / "out" / "plain.nii.gz"))
+    turned = sitk.ReadImage(str(tmp_path / "out" / "turned.nrrd"))
+    assert turned.GetDirection() == moved.GetDirection() and turned.GetSize() == moved.GetSize()
+    # Voxel centres coincide, so nearest-neighbour resampling only reorders voxels.
+    back = sitk.Resample(turned, plain, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    plain_array, back_array = sitk.GetArrayFromImage(plain), sitk.GetArrayFromImage(back)
+    assert (plain_array > 0).sum() > 1000
+    assert np.mean(plain_array == back_array) > 0.999
+
+
+def test_register_outputs_are_reproduced_by_simpleitk_with_the_written_transforms(
+    study, tmp_path: Path
+) -> None:
+    bundle = load_bundle(study["voxelmorph2"])
+    with torch.no_grad():  # a displacement of a few voxels, so that the test has teeth
+        bundle.model.registration.flow.bias[:] = torch.tensor([1.0, -2.0, 1.5])
+    moving_case, fixed_case = str(study["test_cases"]).split(",")[:2]
+    moving_path, fixed_path = raw_image(study, moving_case), raw_image(study, fixed_case)
+    label_path = study["data"] / "ct_train" / f"{moving_case}_label.nii.gz"
+    aligner = Aligner(bundle.plan)
+    result = register_images(moving_path, fixed_path, bundle, CPU, label_path, True, aligner)
+    written = write_registration(result, tmp_path / "reg")
+    assert sorted(path.name for path in written.values()) == sorted(
+        [AFFINE_FILE, FIELD_FILE, "moved_image.nii.gz", "moved_label.nii.gz"]
+    )
+    moving, fixed = sitk.ReadImage(str(moving_path)), sitk.ReadImage(str(fixed_path))
+    field = sitk.ReadImage(str(written["displacement"]))
+    assert field.GetNumberOfComponentsPerPixel() == 3
+    assert np.abs(sitk.GetArrayViewFromImage(field)).max() > 4.0  # mm: the flow is not trivial
+    transform = sitk.CompositeTransform(
+        [
+            sitk.ReadTransform(str(written["affine"])),
+            sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64)),
+        ]
+    )
+    background = float(sitk.GetArrayViewFromImage(moving).min())
+    by_itk = sitk.GetArrayFromImage(
+        sitk.Resample(moving, fixed, transform, sitk.sitkLinear, background)
+    )
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(written["moved_image"])))
+    assert np.corrcoef(by_itk.ravel(), ours.ravel())[0, 1] > 0.999
+    assert np.abs(by_itk - ours).max() < 1.0  # HU
+    label_by_itk = sitk.Resample(
+        sitk.ReadImage(str(label_path)), fixed, transform, sitk.sitkNearestNeighbor, 0
+    )
+    moved_label = sitk.ReadImage(str(written["moved_label"]))
+    assert (
+        np.mean(sitk.GetArrayFromImage(label_by_itk) == sitk.GetArrayFromImage(moved_label)) > 0.999
+    )
+
+    # Independently: the network's own warp on the training grid, as evaluation scores it.
+    moving_aligned, fixed_aligned = aligner.align(moving_path), aligner.align(fixed_path)
+    grid = aligner.target.grid
+    classes = label_to_classes(sitk.ReadImage(str(label_path)), LABELS, label_path)
+    on_grid = sitk.GetArrayFromImage(
+        resample_onto(classes, grid, moving_aligned.affine, is_label=True)
+    )
+    u = displacements(
+        bundle.model.registration,
+        volume_tensor(moving_aligned.array, CPU),
+        volume_tensor(fixed_aligned.array, CPU),
+        True,
+    )
+    warped = warp_label(volume_tensor(on_grid, CPU, label=True), u)
+    warped = crop_to_shape(warped, on_grid.shape)[0, 0].numpy()
+    ours_on_grid = sitk.GetArrayFromImage(
+        resample_onto(
+            label_to_classes(moved_label, LABELS, Path("moved")),
+            grid,
+            fixed_aligned.affine,
+            is_label=True,
+        )
+    )
+    values = list(range(1, len(LABELS) + 1))
+    agreement = mean_dice(ours_on_grid, warped, values)
+    unwarped = mean_dice(ours_on_grid, on_grid, values)
+    assert agreement > 0.7 and agreement > unwarped + 0.2, (agreement, unwarped)
+
+
+def test_displacement_field_is_the_grid_displacement_in_fixed_space() -> None:
+    """A constant grid displacement gives d = L_f G u at every point inside the grid."""
+    grid = sitk.Image([10, 12, 8], sitk.sitkUInt8)
+    grid.SetSpacing([2.0, 1.5, 3.0])
+    grid.SetOrigin([-10.0, 5.0, 2.0])
+    fixed_affine = sitk.AffineTransform(
+        [1.1, 0.1, 0.0, -0.05, 0.9, 0.0, 0.0, 0.0, 1.2], [3.0, -2.0, 1.0]
+    )
+    region = sitk.Image([30, 30, 30], sitk.sitkUInt8)
+    region.SetOrigin([-20.0, -10.0, -10.0])
+    u = np.zeros((3, 8, 12, 10))
+    u[0], u[1], u[2] = 0.5, -1.0, 2.0  # (d, h, w) voxels
+    field = sitk.GetArrayFromImage(displacement_field(u, grid, fixed_affine, region))
+    expected = np.array([[1.1, 0.1, 0.0], [-0.05, 0.9, 0.0], [0.0, 0.0, 1.2]]) @ (
+        np.array([4.0, -1.5, 1.5])  # (w * 2 mm, h * 1.5 mm, d * 3 mm)
+    )
+    # A fixed point well inside the mapped grid: the image of the grid's centre.
+    grid_centre = np.array(grid.TransformContinuousIndexToPhysicalPoint([4.5, 5.5, 3.5]))
+    point = np.array(fixed_affine.TransformPoint([float(v) for v in grid_centre]))
+    index = np.round(
+        region.TransformPhysicalPointToContinuousIndex([float(v) for v in point])
+    ).astype(int)
+    np.testing.assert_allclose(field[index[2], index[1], index[0]], expected, atol=1e-9)
+    assert np.all(field[0, 0, 0] == 0)  # outside the grid: no displacement
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[object], *words: str) -> None:
+    assert main([str(a) for a in argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_bad_inputs_give_one_line_each(study, tmp_path: Path, capsys) -> None:
+    bundle = study["unet3d"]
+    out = tmp_path / "out"
+    flat = sitk.Image([20, 20], sitk.sitkInt16)
+    sitk.WriteImage(flat, str(tmp_path / "flat.nii.gz"))
+    one_line_error(
+        capsys,
+        ["predict", tmp_path / "flat.nii.gz", "--bundle", bundle, "--out", out],
+        "flat.nii.gz",
+        "2D",
+    )
+    series = sitk.JoinSeries([sitk.ReadImage(str(raw_image(study, "ct_train_1001")))] * 2)
+    sitk.WriteImage(series, str(tmp_path / "series.nii.gz"))
+    one_line_error(
+        capsys,
+        ["predict", tmp_path / "series.nii.gz", "--bundle", bundle, "--out", out],
+        "series.nii.gz",
+        "4D",
+    )
+    ct = sitk.ReadImage(str(raw_image(study, "ct_train_1001")))
+    mri_like = sitk.RescaleIntensity(ct, 0, 1000)
+    sitk.WriteImage(mri_like, str(tmp_path / "mri_like.nii.gz"))
+    one_line_error(
+        capsys,
+        ["predict", tmp_path / "mri_like.nii.gz", "--bundle", bundle, "--out", out],
+        "mri_like.nii.gz",
+        "Hounsfield",
+    )
+    payload = torch.load(bundle, weights_only=True)
+    payload["format_version"] = 99
+    torch.save(payload, tmp_path / "future.pt")
+    image = raw_image(study, "ct_train_1001")
+    one_line_error(
+        capsys,
+        ["predict", image, "--bundle", tmp_path / "future.pt", "--out", out],
+        "future.pt",
+        "version 99",
+    )
+    model = bundle.parent / "model.pt"
+    one_line_error(
+        capsys, ["predict", image, "--bundle", model, "--out", out], "model.pt", "deeprs export"
+    )
+    one_line_error(
+        capsys,
+        ["predict", image, "--bundle", study["voxelmorph2"], "--out", out],
+        "no segmentation network",
+    )
+    one_line_error(
+        capsys,
+        ["register", "--moving", image, "--fixed", image, "--bundle", bundle, "--out", out],
+        "no registration network",
+    )
+    one_line_error(
+        capsys, ["predict", image, "--bundle", bundle, "--out", image.parent], "overwritten"
+    )
+    (tmp_path / "empty").mkdir()
+    one_line_error(
+        capsys, ["predict", tmp_path / "empty", "--bundle", bundle, "--out", out], "holds no"
+    )
+    method = tmp_path / "unet3d"
+    (method / "fold_0").mkdir(parents=True)
+    shutil.copy(bundle, method / "fold_0" / "bundle.pt")
+    one_line_error(
+        capsys,
+        ["predict", image, "--bundle", method, "--folds", 0, 3, "--out", out],
+        "fold_3",
+    )
+    assert not out.exists(), "no output is left by a refused input"
+
+
+def test_folds_are_ensembled_by_averaging_probabilities(study, tmp_path: Path) -> None:
+    """Two copies of one bundle as folds 0 and 1: the ensemble equals the single model."""
+    method = tmp_path / "unet3d"
+    for fold in (0, 1):
+        (method / f"fold_{fold}").mkdir(parents=True)
+        shutil.copy(study["unet3d"], method / f"fold_{fold}" / "bundle.pt")
+    image = raw_image(study, str(study["test_cases"]).split(",")[0])
+    run_deeprs(
+        "predict",
+        image,
+        "--bundle",
+        method,
+        "--folds",
+        0,
+        1,
+        "--out",
+        tmp_path / "two",
+        "--device",
+        "cpu",
+    )
+    run_deeprs(
+        "predict", image, "--bundle", study["unet3d"], "--out", tmp_path / "one", "--device", "cpu"
+    )
+    two = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "two" / image.name)))
+    one = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "one" / image.name)))
+    np.testing.assert_array_equal(two, one)
+
+
+def test_bundle_holds_plan_labels_and_versions(study) -> None:
+    bundle = load_bundle(study["unet3d"])
+    assert bundle.method == "unet3d" and bundle.split == "fold_0"
+    assert bundle.label_values == LABELS
+    assert list(bundle.model.labels) == list(LABELS)
+    assert set(bundle.versions) >= {"deeprs", "torch", "simpleitk"}
+    plan = bundle.plan
+    assert plan["modality"] == "ct" and plan["target_shape_xyz"] == [32, 32, 16]
+    assert plan["grid"]["size_xyz"] == [32, 32, 16]
+    assert set(plan["images"]) == {"reference_cropped", "reference_coarse"}
+    assert "discriminator" not in bundle.model.networks
+
+
+def test_workflow_plans_bundles_and_predictions_for_the_predict_key(tmp_path: Path) -> None:
+    """`predict.images` adds one export per fold and one predict job to `snakemake reproduce`."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    images = tmp_path / "new_scans"
+    images.mkdir()
+    for name in ("a.nii.gz", "b.mha"):
+        sitk.WriteImage(sitk.Image([4, 4, 4], sitk.sitkInt16), str(images / name))
+    config = yaml.safe_load((repo / "config" / "smoke.yaml").read_text())
+    config["predict"] = {"images": str(images), "method": "unet3d", "folds": [0, 1]}
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    command = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-n"]
+    command += ["--configfile", str(configfile), "--directory", str(tmp_path), "--cores", "1"]
+    planned = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    assert "results/predictions/unet3d/a.nii.gz" in planned.stdout
+    assert "results/predictions/unet3d/b.mha" in planned.stdout
+    stats = planned.stdout.split("Job stats:")[1].split("total")[0]
+    assert re.search(r"^export\s+2$", stats, re.M) and re.search(r"^predict\s+1$", stats, re.M)
+    config["predict"]["method"] = "voxelmorph2"
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    refused = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert refused.returncode != 0 and "predict.method" in refused.stderr

@@ -1,0 +1,104 @@
+"""Every method's losses and weights at a fixed seed equal the recorded reference.
+
+``tests/data/loss_reference.json`` was recorded from the trainer before the loss terms
+became a registry (``python tests/test_loss_reference.py`` rewrites it: do that only for
+a change that is meant to alter the numbers, and say so in the commit). Training runs in
+float32 on one CPU thread, where every step is deterministic, so a refactoring that keeps
+each term, its weight and its order reproduces the values to rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from deeprs.data.cases import Manifest, Split
+from deeprs.methods import METHODS, get_method
+from deeprs.train import TrainSettings, train
+from deeprs.train.checkpoint import read_payload
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_trainer import write_cohort  # noqa: E402
+
+REFERENCE = Path(__file__).parent / "data" / "loss_reference.json"
+ITERATIONS = 8
+RELATIVE = 1e-6
+CPU = torch.device("cpu")
+
+
+def settings() -> TrainSettings:
+    return TrainSettings(
+        iterations=ITERATIONS,
+        width=0.25,
+        lr=1e-3,
+        checkpoint_every=ITERATIONS,
+        seed=5,
+        cpu_bf16=False,
+    )
+
+
+def record(method: str, manifest: Manifest, split: Split, out_dir: Path) -> dict[str, object]:
+    """Per-iteration loss rows and per-network weight sums after training ``method``."""
+    result = train(get_method(method), manifest, split, settings(), out_dir, CPU)
+    history = pd.read_csv(result.losses_csv)
+    rows = [
+        {key: float(value) for key, value in row.items() if value != 0 and key != "iteration"}
+        for row in history.to_dict("records")
+    ]
+    models = read_payload(result.model_path, "model file")["models"]
+    weights = {
+        key: [
+            float(sum(t.double().sum() for t in model["state_dict"].values())),
+            float(sum(t.double().abs().sum() for t in model["state_dict"].values())),
+        ]
+        for key, model in models.items()
+    }
+    return {"losses": rows, "weights": weights}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Split]:
+    folder = tmp_path_factory.mktemp("reference")
+    return write_cohort(folder, (16, 16, 32), {"train_moving": 2, "train_fixed": 2, "test": 2})
+
+
+def _close(expected: float, actual: float) -> bool:
+    return abs(actual - expected) <= RELATIVE * max(abs(expected), 1e-12)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_losses_and_weights_match_the_reference(
+    method: str, cohort: tuple[Manifest, Split], tmp_path: Path
+) -> None:
+    reference = json.loads(REFERENCE.read_text())[method]
+    actual = record(method, *cohort, tmp_path)
+    assert len(actual["losses"]) == len(reference["losses"])
+    for iteration, (want, got) in enumerate(
+        zip(reference["losses"], actual["losses"], strict=True)
+    ):
+        assert want.keys() == got.keys(), f"iteration {iteration}: terms differ"
+        for term, value in want.items():
+            assert _close(value, got[term]), f"iteration {iteration} {term}: {value} != {got[term]}"
+    assert reference["weights"].keys() == actual["weights"].keys()
+    for network, sums in reference["weights"].items():
+        assert np.allclose(sums, actual["weights"][network], rtol=RELATIVE, atol=0), network
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        data = write_cohort(
+            root / "cohort", (16, 16, 32), {"train_moving": 2, "train_fixed": 2, "test": 2}
+        )
+        recorded = {name: record(name, *data, root / name) for name in METHODS}
+    REFERENCE.write_text(json.dumps(recorded, indent=1) + "\n")
+    print(f"wrote {REFERENCE}")
