@@ -12,7 +12,7 @@ TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download
 CORES ?= all
 BIN := $(VENV)/bin
 
-.PHONY: setup reproduce test lint format clean
+.PHONY: setup reproduce test lint format clean gpu-check
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,11 @@ reproduce: setup
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+# On a CUDA machine with PyTorch installed (no venv, no network needed): the bench on the GPU
+# and two same-seed 300-iteration DeepRS trainings at 128x128x96; fails on any CPU fallback.
+gpu-check:
+	PYTHONPATH="$(CURDIR)" $(PYTHON) -m deeprs.gpu_check
 
 lint: setup
 	$(BIN)/ruff check .

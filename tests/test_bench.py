@@ -10,7 +10,7 @@ import torch
 
 from deeprs import bench_reference as reference
 from deeprs import perf
-from deeprs.bench import WEIGHTS, parse_size, synthetic_pair
+from deeprs.bench import WEIGHTS, counted_flops, parse_size, synthetic_pair
 from deeprs.cli import main as deeprs_main
 from deeprs.losses import local_ncc_loss, smoothness_loss
 from deeprs.methods import get_method
@@ -76,7 +76,8 @@ def test_reference_networks_have_the_size_of_ours(width):
     assert reference.ReferenceVoxelMorph2(size, width)(moving, moving).shape == (1, 3, *size)
 
 
-def test_reference_iteration_computes_our_losses_and_updates():
+@pytest.mark.parametrize("separable_ncc", [False, True], ids=["voxelmorph-ref", "plain-fp32"])
+def test_reference_iteration_computes_our_losses_and_updates(separable_ncc):
     """On the same networks and inputs, each reference step gives our loss terms and weights."""
     method = get_method("deeprs")
     settings = TrainSettings(width=0.25, seed=SEED, weights=WEIGHTS)
@@ -95,6 +96,7 @@ def test_reference_iteration_computes_our_losses_and_updates():
         networks=tuple(
             copy.deepcopy(net) for net in (ours.registration, ours.segmentation, ours.discriminator)
         ),
+        separable_ncc=separable_ncc,
     )
     moving, label, fixed = synthetic_pair(SHAPE_ZYX, NUM_CLASSES, SEED)
     context = StepContext(method, settings.weights, NUM_CLASSES, device, torch.Generator(), 2e-4)
@@ -133,7 +135,7 @@ def test_bench_writes_its_table_as_json(tmp_path, capsys):
             "--steps",
             "D",
             "--implementations",
-            "ours+perf,reference",
+            "ours,plain-fp32",
             "--repeats",
             "2",
             "--warmup",
@@ -148,27 +150,48 @@ def test_bench_writes_its_table_as_json(tmp_path, capsys):
     )
     assert status == 0
     report = json.loads(out.read_text())
-    assert {"torch", "device", "threads", "load_average", "results", "ratios"} <= set(report)
+    assert {"torch", "device", "threads", "load_average", "results", "ratios", "peaks"} <= set(
+        report
+    )
     assert report["device"] == "cpu"
-    cases = {(r["step"], r["implementation"]) for r in report["results"]}
-    assert cases == {("D", "ours+perf"), ("D", "reference")}
+    cases = {(r["step"], r["implementation"], r["threads"]) for r in report["results"]}
+    assert cases == {("D", "ours", 1), ("D", "plain-fp32", 1)}
+    (peak,) = report["peaks"]
+    assert set(peak["gemm"]) == {"fp32", "bf16"}
+    best = max(value["gflop_per_cpu_s"] for value in peak["gemm"].values())
     for result in report["results"]:
-        assert len(result["times_s"]) == 2
-        assert result["median_s"] > 0
+        assert len(result["times_s"]) == len(result["cpu_times_s"]) == 2
+        assert result["median_s"] > 0 and result["median_cpu_s"] > 0
         assert result["voxels_per_s"] == pytest.approx(16**3 / result["median_s"])
+        assert result["gflop"] > 0
+        assert result["fraction_of_peak_cpu"] == pytest.approx(
+            result["gflop"] / result["median_cpu_s"] / best
+        )
         assert result["peak_memory_mb"] >= 0
     (ratio,) = report["ratios"]
-    assert ratio["implementation"] == "ours+perf"
-    assert ratio["speedup"] > 0
-    assert "speed-up" in capsys.readouterr().out
+    assert (ratio["implementation"], ratio["reference"]) == ("ours", "plain-fp32")
+    assert ratio["speedup"] > 0 and ratio["speedup_cpu"] > 0
+    printed = capsys.readouterr().out
+    assert "GF/CPU-s" in printed and "bf16 GEMM" in printed
+
+
+def test_flops_are_counted_not_estimated():
+    """A 3x3x3 convolution's forward and backward: 2 * 27 * in * out per voxel, three times."""
+    conv = torch.nn.Conv3d(4, 8, 3, padding=1)
+    x = torch.rand(1, 4, 8, 8, 8, requires_grad=True)
+    forward = 2 * 27 * 4 * 8 * 8**3
+    assert counted_flops(lambda: conv(x)) == forward
+    assert counted_flops(lambda: conv(x).sum().backward()) == 3 * forward
 
 
 @pytest.mark.parametrize(
     "arguments, message",
     [
         (["--sizes", "17x16x16@0.25"], "every side must be a multiple of 16"),
-        (["--sizes", "huge"], "bench size 'huge' is not one of demo, paper"),
+        (["--sizes", "huge"], "bench size 'huge' is not one of demo, mid, paper"),
         (["--steps", "R,X"], "option --steps: 'R,X' must list some of R, S, D, joint"),
+        (["--threads", "0"], "option --threads: '0' must list thread counts >= 1"),
+        (["--threads", "two"], "option --threads: 'two' must list thread counts >= 1"),
     ],
 )
 def test_bench_rejects_bad_options_in_one_sentence(arguments, message, tmp_path, capsys):
@@ -179,22 +202,32 @@ def test_bench_rejects_bad_options_in_one_sentence(arguments, message, tmp_path,
 
 
 def test_named_sizes_are_the_issue_sizes():
-    assert parse_size("demo") == ("demo", (48, 48, 32), 0.5)
+    assert parse_size("demo") == ("demo", (32, 32, 32), 0.5)
+    assert parse_size("mid") == ("mid", (64, 64, 48), 1.0)
     assert parse_size("paper") == ("paper", (128, 128, 96), 1.0)
 
 
-def test_channels_last_layout_changes_speed_not_values():
+LAYOUTS = {
+    "contiguous": perf.PerfOptions(channels_last=False),
+    "channels_last": perf.PerfOptions(channels_last=True),
+    # The large-volume choice forced at 16^3: S contiguous, R and D channels_last.
+    "per_network": perf.PerfOptions(channels_last=True, contiguous_normalised_from_voxels=1),
+}
+
+
+def test_layouts_change_speed_not_values():
     """deeprs.perf only reorders memory: a joint iteration gives the same losses."""
     method = get_method("deeprs")
     settings = TrainSettings(width=0.25, seed=SEED, weights=WEIGHTS)
     device = torch.device("cpu")
     moving, label, fixed = synthetic_pair(SHAPE_ZYX, NUM_CLASSES, SEED)
-    rows = []
-    for channels_last in (False, True):
+    rows = {}
+    for name, options in LAYOUTS.items():
         networks, _ = build_networks(method, NUM_CLASSES, settings, device)
-        options = perf.PerfOptions(channels_last=channels_last)
         perf.prepare_networks(
-            [networks.registration, networks.segmentation, networks.discriminator], options
+            [networks.registration, networks.segmentation, networks.discriminator],
+            options,
+            SHAPE_ZYX,
         )
         pair = Pair(
             perf.prepare_volume(moving, options), label, perf.prepare_volume(fixed, options), None
@@ -205,10 +238,32 @@ def test_channels_last_layout_changes_speed_not_values():
         row, displacement, warped = registration_step(context, networks, pair)
         row.update(discriminator_step(context, networks, pair, warped))
         row.update(segmentation_step(context, networks, pair, displacement))
-        layout = networks.registration.flow.weight
-        assert layout.is_contiguous(memory_format=torch.channels_last_3d) == channels_last
-        rows.append(row)
-    contiguous, channels_last = rows
-    assert set(contiguous) == set(channels_last)
-    for term, value in contiguous.items():
-        assert channels_last[term] == pytest.approx(value, rel=1e-4, abs=1e-7), term
+        cl = torch.channels_last_3d
+        registration_weight = networks.registration.flow.weight
+        segmentation_weight = networks.segmentation.down[1][0][0].weight
+        assert registration_weight.is_contiguous(memory_format=cl) == options.channels_last
+        assert segmentation_weight.is_contiguous(memory_format=cl) == (name == "channels_last")
+        rows[name] = row
+    for name, row in rows.items():
+        assert set(row) == set(rows["contiguous"])
+        for term, value in rows["contiguous"].items():
+            assert row[term] == pytest.approx(value, rel=1e-4, abs=1e-7), (name, term)
+
+
+def test_only_instance_normalised_networks_go_contiguous_on_large_volumes():
+    options = perf.PerfOptions()
+    segmentation = build_network("unet3d", in_channels=2, out_channels=3, width=0.25)
+    discriminator = build_network("discriminator", width=0.25)
+    large, small = (48, 64, 64), (32, 32, 32)
+    assert not perf.channels_last_pays(segmentation, large, options)
+    assert perf.channels_last_pays(segmentation, small, options)
+    assert perf.channels_last_pays(segmentation, None, options)
+    assert perf.channels_last_pays(discriminator, large, options)
+    perf.prepare_networks([segmentation, None], options, large)
+    volume = perf.prepare_volume(torch.rand(1, 2, 16, 16, 16), options)
+    assert not volume.is_contiguous()  # a two-channel channels_last volume ...
+    seen = []
+    segmentation.down[0].register_forward_pre_hook(lambda _, inputs: seen.append(inputs[0]))
+    with torch.no_grad():
+        segmentation(volume)
+    assert seen[0].is_contiguous()  # ... reaches the contiguous network's layers contiguous

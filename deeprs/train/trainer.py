@@ -271,7 +271,7 @@ class Trainer:
         )
         # channels_last_3d weights and volumes: 1.4x on the joint step (deeprs bench).
         layout = perf.default_options(self.device)
-        perf.prepare_networks([net for _, net in self.kinds.values()], layout)
+        perf.prepare_networks([net for _, net in self.kinds.values()], layout, self.data.shape)
         self.data.images = {
             case: perf.prepare_volume(image, layout) for case, image in self.data.images.items()
         }
