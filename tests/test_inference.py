@@ -9,6 +9,7 @@ so every test below proves that a bundle alone is enough.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -52,8 +53,9 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                "--shape", 64, 64, 40, "--spacing", 4, 4, 6, "--seed", 7)  # fmt: skip
     run_deeprs("preprocess", "--out", pre, "--data-dir", data, "--layout", "mmwhs",
                "--modality", "ct", "--labels", *LABEL_ARGS, "--target-shape", 32, 32, 16)  # fmt: skip
-    run_deeprs("split", "--manifest", pre / "manifest.json", "--out", splits, "--n-folds", 2,
-               "--label-amounts", 1, "--repeats", 1, "--seed", 7)  # fmt: skip
+    folds = {"n_folds": 2, "label_amounts": [1], "label_amount_repeats": 1, "seed": 7}
+    run_deeprs("split", "--manifest", pre / "manifest.json", "--out", splits,
+               "--settings", json.dumps(folds))  # fmt: skip
     split = splits / "fold_0.json"
     paths = {"data": data, "split": split}
     for method, iterations, width, lr in (
@@ -61,9 +63,10 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ("voxelmorph2", 4, 0.25, 2e-4),
     ):
         folder = root / method
+        settings = {"iterations": iterations, "width": width, "lr": lr, "checkpoint_every": 1000}
         run_deeprs("train", "--method", method, "--manifest", pre / "manifest.json",
-                   "--split", split, "--out-dir", folder, "--iterations", iterations,
-                   "--width", width, "--lr", lr, "--device", "cpu", "--checkpoint-every", 1000)  # fmt: skip
+                   "--split", split, "--out-dir", folder, "--settings", json.dumps(settings),
+                   "--device", "cpu", "--threads", 1)  # fmt: skip
         run_deeprs("export", "--model", folder / "model.pt", "--plan", pre / "plan.json",
                    "--out", folder / "bundle.pt", "--split", "fold_0")  # fmt: skip
         paths[method] = folder / "bundle.pt"
@@ -383,8 +386,8 @@ def test_workflow_plans_bundles_and_predictions_for_the_predict_key(tmp_path: Pa
     command += ["--configfile", str(configfile), "--directory", str(tmp_path), "--cores", "1"]
     planned = subprocess.run(command, capture_output=True, text=True, check=False)
     assert planned.returncode == 0, planned.stderr[-3000:]
-    assert "results/predictions/unet3d/a.nii.gz" in planned.stdout
-    assert "results/predictions/unet3d/b.mha" in planned.stdout
+    assert f"{config['results']}/predictions/unet3d/a.nii.gz" in planned.stdout
+    assert f"{config['results']}/predictions/unet3d/b.mha" in planned.stdout
     stats = planned.stdout.split("Job stats:")[1].split("total")[0]
     assert re.search(r"^export\s+2$", stats, re.M) and re.search(r"^predict\s+1$", stats, re.M)
     config["predict"]["method"] = "voxelmorph2"

@@ -31,7 +31,7 @@ def test_a_killed_forced_retraining_is_redone_with_everything_downstream(tmp_pat
     workdir = tmp_path / "work"
     first = run(snakemake(workdir, configfile, "reproduce"))
     assert first.returncode == 0, first.stderr[-3000:]
-    results = workdir / "results"
+    results = workdir / config["results"]
     model = results / "unet3d" / "fold_0" / "model.pt"
     metrics = results / "unet3d" / "fold_0" / "metrics.csv"
     table = results / "report" / "table1.csv"
