@@ -16,8 +16,6 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TextIO
 
-from tqdm import tqdm
-
 LOG = logging.getLogger(__name__)
 MILESTONES = 10  # plain lines per loop, besides the time-based ones
 
@@ -56,11 +54,13 @@ class Progress:
         self._next_milestone = self._milestone_after(initial)
         self._closed = False
         stream = sys.stderr if stream is None else stream
-        self._bar = (
-            tqdm(total=total, initial=initial, desc=desc, unit=unit, file=stream, mininterval=1.0)
-            if stream.isatty()
-            else None
-        )
+        self._bar = None
+        if stream.isatty():  # tqdm only here: a machine without it still logs plain lines
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=total, initial=initial, desc=desc, unit=unit, file=stream, mininterval=1.0
+            )
 
     def _milestone_after(self, done: int) -> int:
         step = max(1, -(-self.total // MILESTONES))

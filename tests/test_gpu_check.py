@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import subprocess
 import sys
 
 import pytest
@@ -84,13 +85,30 @@ def test_a_module_the_gpu_machine_lacks_is_named(monkeypatch, tmp_path, capsys):
     """The GPU machine has torch but maybe not every import of the training code."""
     real_import = builtins.__import__
 
-    def without_tqdm(name, *args, **kwargs):
-        if name == "tqdm":
-            raise ModuleNotFoundError("No module named 'tqdm'", name="tqdm")
+    def without_pandas(name, *args, **kwargs):
+        if name == "pandas":
+            raise ModuleNotFoundError("No module named 'pandas'", name="pandas")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.delitem(sys.modules, "deeprs.train.trainer", raising=False)
-    monkeypatch.setattr(builtins, "__import__", without_tqdm)
-    arguments = ["--device", "cpu", "--bench-sizes", "", "--out", str(tmp_path / "g.json")]
+    for module in ("deeprs.train.trainer", "deeprs.train.history"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    monkeypatch.setattr(builtins, "__import__", without_pandas)
+    arguments = ["--device", "cpu", "--bench-sizes", "", "--shape", "16x16x16", "--iterations", "2"]
+    arguments += ["--out", str(tmp_path / "g.json")]
     assert gpu_check.main(arguments) == 1
-    assert "GPU CHECK FAILED: the training code needs the module 'tqdm'" in capsys.readouterr().err
+    assert (
+        "GPU CHECK FAILED: the training code needs the module 'pandas'" in capsys.readouterr().err
+    )
+
+
+def test_the_training_code_imports_without_what_the_gpu_machine_lacks():
+    """The GPU machine has torch, numpy, scipy and pandas only: the trainer, the bench and the
+    check import none of tqdm, matplotlib, seaborn, nibabel, SimpleITK or snakemake."""
+    code = (
+        "import sys\n"
+        "for name in ('tqdm', 'matplotlib', 'seaborn', 'nibabel', 'SimpleITK', 'snakemake'):\n"
+        "    sys.modules[name] = None\n"
+        "import deeprs.gpu_check, deeprs.train.trainer, deeprs.bench\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]

@@ -8,14 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from deeprs.io import atomic_path  # noqa: E402
-from deeprs.terms import TERMS  # noqa: E402
+from deeprs.io import atomic_path
+from deeprs.terms import TERMS
 
 LOSS_TERMS: dict[str, str] = {name: term.title for name, term in TERMS.items()}
 """Column name -> plot title (:mod:`deeprs.terms`); values are unweighted loss terms."""
@@ -38,6 +34,12 @@ def write_losses_csv(history: list[dict[str, float]], path: Path) -> None:
 
 
 def plot_losses(history: list[dict[str, float]], path: Path, title: str) -> None:
+    # matplotlib only here: training itself (and the GPU check) runs without it.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     """One panel per active loss term: raw values and a running mean over ~5% of the run."""
     frame = pd.DataFrame(history, columns=COLUMNS)
     active = [term for term in LOSS_TERMS if len(frame) and frame[term].abs().sum() > 0]
