@@ -109,6 +109,21 @@ def test_same_seed_gives_identical_files_with_any_workers_and_another_seed_does_
             assert other[name] != content, name
 
 
+def test_the_rule_settings_and_the_explicit_options_write_the_same_cohort(
+    cohort: Path, tmp_path: Path
+) -> None:
+    """The rule passes section `phantom` and `seed` as one JSON object (`--settings`)."""
+    import json
+
+    settings = {"n_labelled": 2, "n_unlabelled": 1, "shape": list(SHAPE)}
+    settings |= {"spacing": list(SPACING), "seed": SEED}
+    out = tmp_path / "from_settings"
+    assert main(["phantom", "--out", str(out), "--settings", json.dumps(settings)]) == 0
+    assert _files(out) == _files(cohort)
+    bad = json.dumps({**settings, "n_labelled": "two"})
+    assert main(["phantom", "--out", str(tmp_path / "bad"), "--settings", bad]) == 2
+
+
 def test_a_case_does_not_depend_on_how_many_are_made(cohort: Path, tmp_path: Path) -> None:
     assert main(_phantom_args(tmp_path, n_labelled=1, n_unlabelled=0)) == 0
     name = "ct_train/ct_train_1001_image.nii.gz"

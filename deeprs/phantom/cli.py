@@ -1,6 +1,7 @@
 """`deeprs phantom`: write the synthetic cohort (called by the `phantom` rule).
 
-The options' defaults are those of config section ``phantom`` and ``seed`` in the schema.
+The rule passes config section ``phantom`` and ``seed`` as one JSON object (``--settings``);
+the explicit options, for use by hand, lie over it. Defaults are the schema's.
 """
 
 from __future__ import annotations
@@ -8,13 +9,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deeprs.config import section_defaults
+from deeprs.config import read_section
 from deeprs.errors import ConfigError
 from deeprs.phantom.cohort import CohortSettings, generate_cohort
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = section_defaults("phantom")
     parser.add_argument(
         "--out",
         type=Path,
@@ -24,20 +24,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n-labelled",
         type=int,
-        default=defaults["n_labelled"],
+        default=None,
         help="labelled cases (image + label), named ct_train_1001..",
     )
     parser.add_argument(
         "--n-unlabelled",
         type=int,
-        default=defaults["n_unlabelled"],
+        default=None,
         help="unlabelled cases (image only), named ct_test_2001..",
     )
     parser.add_argument(
         "--shape",
         type=int,
         nargs=3,
-        default=defaults["shape"],
+        default=None,
         metavar=("X", "Y", "Z"),
         help="voxels of the chest field of view",
     )
@@ -45,28 +45,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--spacing",
         type=float,
         nargs=3,
-        default=defaults["spacing"],
+        default=None,
         metavar=("SX", "SY", "SZ"),
         help="voxel size in mm",
     )
     parser.add_argument(
         "--seed",
         type=int,
-        default=defaults["seed"],
+        default=None,
         help="the same seed writes byte-identical files",
     )
     parser.add_argument(
         "--workers", type=int, default=1, help="processes that write cases in parallel"
     )
+    parser.add_argument(
+        "--settings",
+        default="{}",
+        help="JSON object of config section 'phantom' and 'seed' (what the rule passes)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    section = read_section(args.settings, "phantom")
+    explicit = {
+        "n_labelled": args.n_labelled,
+        "n_unlabelled": args.n_unlabelled,
+        "shape": args.shape,
+        "spacing": args.spacing,
+        "seed": args.seed,
+    }
+    section.update({key: value for key, value in explicit.items() if value is not None})
     settings = CohortSettings(
-        n_labelled=args.n_labelled,
-        n_unlabelled=args.n_unlabelled,
-        shape_xyz=tuple(args.shape),
-        spacing_xyz=tuple(args.spacing),
-        seed=args.seed,
+        n_labelled=section["n_labelled"],
+        n_unlabelled=section["n_unlabelled"],
+        shape_xyz=tuple(section["shape"]),
+        spacing_xyz=tuple(float(value) for value in section["spacing"]),
+        seed=section["seed"],
     )
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1 (got {args.workers})")

@@ -8,8 +8,7 @@ rule phantom:
         mosaic=f"{DATA_DIR}/mosaic.png",
     params:
         out=lambda wildcards, output: Path(output.mosaic).parent,
-        settings=config["phantom"],
-        seed=config["seed"],
+        settings=settings_of("phantom"),
         labels=config["data"]["labels"],
     log:
         f"{LOGS}/phantom.log",
@@ -18,8 +17,5 @@ rule phantom:
     conda:
         "../envs/deeprs.yaml"
     shell:
-        "deeprs phantom --out {params.out:q}"
-        " --n-labelled {params.settings[n_labelled]} --n-unlabelled {params.settings[n_unlabelled]}"
-        " --shape {params.settings[shape][0]} {params.settings[shape][1]} {params.settings[shape][2]}"
-        " --spacing {params.settings[spacing][0]} {params.settings[spacing][1]} {params.settings[spacing][2]}"
-        " --seed {params.seed} --workers {threads} > {log:q} 2>&1"
+        "deeprs phantom --out {params.out:q} --settings {params.settings:q}"
+        " --workers {threads} > {log:q} 2>&1"
