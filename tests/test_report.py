@@ -537,10 +537,12 @@ def test_every_figure_axis_has_a_label_and_curves_differ_without_colour(
 
 
 def test_loss_panels_of_training_have_axis_labels(tmp_path: Path, monkeypatch) -> None:
+    import matplotlib.pyplot as plt
+
     from deeprs.train import history
 
     closed = []
-    monkeypatch.setattr(history.plt, "close", closed.append)
+    monkeypatch.setattr(plt, "close", closed.append)
     rows = []
     for iteration in range(1, 11):
         row = history.empty_row(iteration)
