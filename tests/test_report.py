@@ -113,12 +113,9 @@ def write_losses(path: Path, method: str, seed: int, iterations: int = 30) -> No
     write_losses_csv(history, path)
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[Path]]:
-    results = tmp_path_factory.mktemp("results")
-    write_metrics_set(results)
-    out = results / "report"
-    request = ReportRequest(
+def study_request(results: Path, out: Path) -> ReportRequest:
+    """The whole test study of :func:`write_metrics_set`: every method, ablation and amount."""
+    return ReportRequest(
         results=results,
         out=out,
         methods=TABLE1_METHODS,
@@ -129,7 +126,14 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[P
         label_amounts=[1, 4],
         repeats=REPEATS,
     )
-    return results, out, build_report(request)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[Path]]:
+    results = tmp_path_factory.mktemp("results")
+    write_metrics_set(results)
+    out = results / "report"
+    return results, out, build_report(study_request(results, out))
 
 
 def hand_sample_scores(results: Path, method: str, task: str) -> dict[tuple[str, str], float]:
@@ -490,18 +494,7 @@ def test_every_figure_axis_has_a_label_and_curves_differ_without_colour(
     monkeypatch.setattr(curves, "save_figure", recorder)
     monkeypatch.setattr(plt, "close", lambda figure=None: None)
     write_metrics_set(tmp_path)
-    request = ReportRequest(
-        results=tmp_path,
-        out=tmp_path / "out",
-        methods=TABLE1_METHODS,
-        ablation=ABLATION,
-        folds=FOLDS,
-        structures=STRUCTURES,
-        label_amount_methods=["unet3d", "deeprs"],
-        label_amounts=[1, 4],
-        repeats=REPEATS,
-    )
-    build_report(request)
+    build_report(study_request(tmp_path, tmp_path / "out"))
     expected = {
         "boxplot_registration.png",
         "boxplot_segmentation.png",
