@@ -125,3 +125,12 @@ def test_budget_names_methods_that_never_converged(tmp_path: Path) -> None:
 def test_budget_with_a_missing_run_says_which(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="lr_0.001/unet3d/fold_0/validation.csv' is missing"):
         search_table(tmp_path, [0.001], ["unet3d"], "fold_0")
+
+
+def test_an_early_plateau_before_learning_does_not_count() -> None:
+    """Flat at the identity until 400, then rising: not converged at the search's end."""
+    late = np.where(ITERATIONS < 400, 0.63, 0.63 + 0.05 * (ITERATIONS - 400) / 200)
+    assert first_converged(frame_of(None, late)) is None
+    # Flat at the identity, rising, then flat again: converged from the second plateau on.
+    settles = np.clip(0.63 + 0.1 * (ITERATIONS - 200) / 100, 0.63, 0.73)
+    assert 300 < first_converged(frame_of(None, settles)) <= 450

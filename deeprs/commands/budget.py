@@ -7,9 +7,10 @@ records the validation Dice (never test images). This command reads those
 
 - a run's score is the mean of its final validation Dice of S and of R (whichever it has);
 - the learning rate is the one with the best mean score over the methods;
-- the iterations are the first measured iteration by which every method, at that rate, meets
-  the convergence criterion (:mod:`deeprs.convergence`) on its curve up to there; a method
-  that never meets it within the search is named, and the search's length is proposed.
+- the iterations are the first measured iteration from which on every method, at that rate,
+  meets the convergence criterion (:mod:`deeprs.convergence`) on its curve up to there; a
+  method that does not meet it at the search's end is named, and the search's length is
+  proposed.
 
 It writes ``budget.csv`` (one row per method and rate), ``budget.json`` (the choice and
 why) and ``budget.png`` (the validation curves), atomically.
@@ -39,13 +40,17 @@ def run_folder(results: Path, lr: float, method: str, split: str) -> Path:
 
 
 def first_converged(frame: pd.DataFrame) -> int | None:
-    """The first measured iteration at which the curve up to it meets the criterion."""
-    for end in frame["iteration"]:
-        partial = frame[frame["iteration"] <= end]
-        results = convergence.assess(partial)
-        if results and all(result.converged for result in results):
-            return int(end)
-    return None
+    """The first measured iteration from which on the run stays converged: the curve up to
+    it, and up to every later measurement, meets the criterion. A plateau before learning
+    starts (Adv-Reg's registration stays at the identity for hundreds of iterations) does not
+    count once the curve moves again."""
+    first = None
+    for end in reversed(frame["iteration"].tolist()):
+        results = convergence.assess(frame[frame["iteration"] <= end])
+        if not (results and all(result.converged for result in results)):
+            break
+        first = int(end)
+    return first
 
 
 @dataclass(frozen=True)
