@@ -28,7 +28,7 @@ from deeprs.train.trainer import CHECKPOINT_FILE, MODEL_FILE
 
 ITERATIONS = 24
 SEED = 5
-OUTPUTS = {MODEL_FILE, "losses.csv", "losses.png"}
+OUTPUTS = {MODEL_FILE, "losses.csv", "losses.png", "validation.csv"}
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +99,9 @@ def assert_finished(out_dir: Path, reference_dir: Path) -> None:
     losses = pd.read_csv(out_dir / "losses.csv")
     assert losses["iteration"].tolist() == list(range(ITERATIONS))
     pd.testing.assert_frame_equal(losses, pd.read_csv(reference_dir / "losses.csv"))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out_dir / "validation.csv"), pd.read_csv(reference_dir / "validation.csv")
+    )
     assert_same_weights(out_dir / MODEL_FILE, reference_dir / MODEL_FILE)
     assert (out_dir / MODEL_FILE).read_bytes() == (reference_dir / MODEL_FILE).read_bytes()
 
