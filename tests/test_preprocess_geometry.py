@@ -32,6 +32,7 @@ from deeprs.preprocess.align import Start, default_starts
 from deeprs.preprocess.case import align_case
 from deeprs.preprocess.cohort import preprocess_cohort
 from deeprs.preprocess.plan import alignment_target, read_plan
+from deeprs.preprocess.resample import resample_label
 from deeprs.preprocess.settings import PreprocessSettings
 
 ACDC_LABELS = {"rv": 1, "myo": 2, "lv": 3}
@@ -87,9 +88,14 @@ def oblique_grid(
 
 
 def regrid(image: sitk.Image, grid: sitk.Image, is_label: bool) -> sitk.Image:
-    """``image`` resampled onto ``grid`` (no transform: the anatomy stays put)."""
-    interpolator = sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear
-    return sitk.Resample(image, grid, sitk.Transform(), interpolator, 0.0, image.GetPixelID())
+    """``image`` resampled onto ``grid`` (no transform: the anatomy stays put).
+
+    Labels as faithfully as the pipeline resamples them (linear one-hot, then the largest
+    weight): nearest neighbour would move each boundary by up to half a 10 mm slice.
+    """
+    if is_label:
+        return sitk.Cast(resample_label(image, grid), image.GetPixelID())
+    return sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, 0.0, image.GetPixelID())
 
 
 def permute_and_flip(image: sitk.Image) -> sitk.Image:

@@ -4,7 +4,7 @@ Images go to elastix with their real spacing, origin and direction, so the resul
 transform between physical points: it maps a point of the fixed image to the matching
 point of the moving image (elastix's convention). Converting it to an
 ``sitk.AffineTransform`` lets images and labels be resampled with SimpleITK (linear for
-images, nearest neighbour for labels) and lets tests check it against a known transform.
+images, linear one-hot for labels) and lets tests check it against a known transform.
 
 Creating the first elastix ``ParameterObject`` in a process costs 15-25 s, so one
 :class:`AffineRegistrar` is made per process and reused for every case. elastix writes its
