@@ -22,7 +22,7 @@ that differ by less than :data:`SAME_START_DEGREES` are run once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +42,8 @@ MIN_SCALE, MAX_SCALE = 0.25, 4.0
 MIN_DETERMINANT, MAX_DETERMINANT = 0.2, 5.0
 MAX_ANISOTROPY = 4.0
 SAME_START_DEGREES = 5.0
+# Registrations tried, from the best start, when no affine result is plausible.
+FALLBACKS = ("rigid", "translation")
 HISTOGRAM_BINS = 32
 
 
@@ -250,8 +252,16 @@ def align(
     starts: Sequence[Start] | None = None,
     resolutions: int | None = None,
     iterations: int | None = None,
+    view: Callable[[np.ndarray], sitk.Image] | None = None,
 ) -> Alignment:
     """The plausible affine map from ``fixed`` to ``moving`` points with the best similarity.
+
+    ``view``, when given, gives the moving image for a start's rotation (the case seen
+    along the reference's axes as that start turns them); each start keeps its rotation,
+    is placed box centre on box centre of its own view and registers on it (the centre
+    of a box around the heart moves with the box's axes: 16 mm for a header turned 40
+    degrees about two axes). Every result is scored on ``moving``, so that similarities
+    compare across starts and cases. Without ``view`` every start registers ``moving``.
 
     ``starts`` defaults to :func:`default_starts`; an implausible result (see
     :meth:`AffineFigures.problem`) is never chosen; when every start's is, the rigid or
@@ -259,16 +269,30 @@ def align(
     used and the case is flagged. A start whose
     registration fails is skipped; when none succeeds, the case is reported (DataError).
     """
-    candidates = distinct_starts(starts if starts is not None else default_starts(fixed, moving))
+    centre = box_centre(fixed)
+
+    def placed(listed: Sequence[Start]) -> list[Start]:
+        if view is None:
+            return list(listed)
+        return [
+            Start(s.name, s.matrix, box_centre(view(s.matrix)) - s.matrix @ centre) for s in listed
+        ]
+
+    candidates = placed(
+        distinct_starts(starts if starts is not None else default_starts(fixed, moving))
+    )
     outcomes: list[str] = []
     logs: list[tuple[str, str]] = []
+
+    def seen(start: Start) -> sitk.Image:
+        return view(start.matrix) if view is not None else moving
 
     def attempt(start: Start, kind: str) -> Alignment | None:
         label = start.name if kind == "affine" else f"{start.name} ({kind} fallback)"
         try:
             result = registrar.register(
                 fixed,
-                _absorb(moving, start),
+                _absorb(seen(start), start),
                 name,
                 resolutions=resolutions,
                 iterations=iterations,
@@ -296,14 +320,21 @@ def align(
     if plausible:
         chosen: Alignment | None = max(plausible, key=lambda a: a.similarity)
     else:
-        # Rigid can still turn a short stack of thick slices on its side; a translation
-        # from the start cannot. The one with the better similarity is used.
-        best_start = max(candidates, key=lambda s: similarity(fixed, moving, rigid_as_affine(s)))
-        fallbacks = [attempt(best_start, kind) for kind in ("rigid", "translation")]
-        chosen = max(
-            (a for a in fallbacks if a is not None), key=lambda a: a.similarity, default=None
-        )
+        # Quarter and half turns of the starts first (a start may be wildly wrong); then
+        # rigid and translation from the start with the best similarity: rigid can still
+        # turn a short stack of thick slices on its side, a translation cannot. Of the
+        # plausible results the one with the best similarity is used.
         worst = "; ".join(outcomes[: len(candidates)])
+        turned = distinct_starts([*candidates, *turned_starts(candidates, centre)])
+        extra = [a for a in (attempt(s, "affine") for s in placed(turned[len(candidates) :])) if a]
+        best_start = max(candidates, key=lambda s: similarity(fixed, moving, rigid_as_affine(s)))
+        fallbacks = [attempt(best_start, kind) for kind in FALLBACKS]
+        chosen = max(
+            [a for a in extra if a.figures.problem() is None]
+            + [a for a in fallbacks if a is not None],
+            key=lambda a: a.similarity,
+            default=None,
+        )
         used = chosen.start if chosen else "none"
         flags.append(f"no plausible affine ({worst}); {used} used")
     if chosen is None:

@@ -31,15 +31,6 @@ def box_grid(image: sitk.Image, box: CropBox, target_shape_xyz: Sequence[int]) -
     return grid
 
 
-def box_grid_at_spacing(
-    image: sitk.Image, box: CropBox, spacing_xyz: Sequence[float]
-) -> sitk.Image:
-    """A grid over ``box`` of ``image`` whose voxels are about ``spacing_xyz`` (never finer than the image)."""
-    spacing = np.maximum(np.asarray(spacing_xyz, dtype=float), image.GetSpacing())
-    extent = np.asarray(box.size) * np.asarray(image.GetSpacing())
-    return box_grid(image, box, np.maximum(np.round(extent / spacing), 2).astype(int))
-
-
 def resample_onto(
     image: sitk.Image,
     grid: sitk.Image,
