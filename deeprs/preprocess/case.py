@@ -41,7 +41,7 @@ from deeprs.preprocess.resample import (
     scale_intensities,
 )
 from deeprs.preprocess.settings import PreprocessSettings
-from deeprs.preprocess.space import slice_axis_warning
+from deeprs.preprocess.space import slice_axis_warning, turned_slice_axis
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,8 @@ class CaseOutput:
     planes_after: tuple[np.ndarray, np.ndarray, np.ndarray]
     seconds: float
     flags: list[str] = field(default_factory=list)
+    turned_axis: str | None = None
+    """The grid axis its slice axis was turned onto (see ``space.turned_slice_axis``)."""
 
     @property
     def transform(self) -> sitk.AffineTransform:
@@ -255,6 +257,7 @@ def process_case(
     if warning:
         log.warning(warning)
         flags.append(warning.split(": ", 1)[1])
+    turned_axis = turned_slice_axis(reference.space, case.image.GetSpacing(), case_axes.ravel())
     seconds = time.perf_counter() - started
     log.info(
         "case %s: box %s + %s (%s), start %s, similarity %.4f, %.1f s",
@@ -279,6 +282,7 @@ def process_case(
         planes_after=mid_planes(image),
         seconds=seconds,
         flags=flags,
+        turned_axis=turned_axis,
     )
 
 
