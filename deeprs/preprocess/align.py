@@ -103,6 +103,8 @@ class Alignment:
     logs: list[tuple[str, str]] = field(default_factory=list)
     tried: list[str] = field(default_factory=list)
     """One line per start: its outcome (plausible or why not) and similarity."""
+    problem: str | None = None
+    """Why the result is implausible (figures or a turned slice axis), or None."""
 
 
 def box_centre(image: sitk.Image) -> np.ndarray:
@@ -252,6 +254,7 @@ def align(
     resolutions: int | None = None,
     iterations: int | None = None,
     view: Callable[[np.ndarray], sitk.Image] | None = None,
+    keeps_slice_axis: Callable[[sitk.AffineTransform], bool] | None = None,
 ) -> Alignment:
     """The plausible affine map from ``fixed`` to ``moving`` points with the best similarity.
 
@@ -261,6 +264,9 @@ def align(
     of a box around the heart moves with the box's axes: 16 mm for a header turned 40
     degrees about two axes). Every result is scored on ``moving``, so that similarities
     compare across starts and cases. Without ``view`` every start registers ``moving``.
+
+    ``keeps_slice_axis``, when given, tells whether a map keeps a stack's slice axis on the
+    grid's; a result that turns it on its side, from a start that did not, is implausible.
 
     ``starts`` defaults to :func:`default_starts`; an implausible result (see
     :meth:`AffineFigures.problem`) is never chosen; when every start's is, a similarity
@@ -310,11 +316,19 @@ def align(
             similarity(fixed, moving, transform),
         )
         problem = alignment.figures.problem()
+        if (
+            problem is None
+            and keeps_slice_axis is not None
+            and keeps_slice_axis(rigid_as_affine(start))
+            and not keeps_slice_axis(transform)
+        ):
+            problem = "slice axis turned on its side"
+        alignment.problem = problem
         outcomes.append(f"{label}: {problem or 'plausible'}, similarity {alignment.similarity:.4f}")
         return alignment
 
     tried = [a for a in (attempt(start, "affine") for start in candidates) if a is not None]
-    plausible = [a for a in tried if a.figures.problem() is None]
+    plausible = [a for a in tried if a.problem is None]
     flags: list[str] = []
     if plausible:
         chosen: Alignment | None = max(plausible, key=lambda a: a.similarity)
@@ -327,12 +341,15 @@ def align(
         worst = "; ".join(outcomes[: len(candidates)])
         best_start = max(candidates, key=lambda s: similarity(fixed, moving, rigid_as_affine(s)))
         scaled = attempt(best_start, "similarity")
-        if scaled is not None and scaled.figures.problem() is None:
+        if scaled is not None and scaled.problem is None:
             chosen = scaled
         else:
             fallbacks = [attempt(best_start, kind) for kind in ("rigid", "translation")]
+            usable = [a for a in fallbacks if a is not None]
             chosen = max(
-                (a for a in fallbacks if a is not None), key=lambda a: a.similarity, default=None
+                [a for a in usable if a.problem is None] or usable,
+                key=lambda a: a.similarity,
+                default=None,
             )
         used = chosen.start if chosen else "none"
         flags.append(f"no plausible affine ({worst}); {used} used")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,7 @@ from deeprs.preprocess.resample import (
     scale_intensities,
 )
 from deeprs.preprocess.settings import PreprocessSettings
-from deeprs.preprocess.space import slice_axis_warning, turned_slice_axis
+from deeprs.preprocess.space import TargetSpace, slice_axis_warning, turned_slice_axis
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,6 @@ class CaseOutput:
     planes_after: tuple[np.ndarray, np.ndarray, np.ndarray]
     seconds: float
     flags: list[str] = field(default_factory=list)
-    turned_axis: str | None = None
-    """The grid axis its slice axis was turned onto (see ``space.turned_slice_axis``)."""
 
     @property
     def transform(self) -> sitk.AffineTransform:
@@ -168,6 +167,20 @@ def moving_context(
     return resample_onto(resample_to_spacing(scan, anti_alias), context)
 
 
+def slice_axis_check(
+    space: TargetSpace, image: sitk.Image
+) -> Callable[[sitk.AffineTransform], bool]:
+    """Whether a map from grid to case points keeps the case's slice axis on the grid's
+    (see :func:`~deeprs.preprocess.space.turned_slice_axis`)."""
+    direction = np.reshape(image.GetDirection(), (3, 3))
+
+    def keeps(transform: sitk.AffineTransform) -> bool:
+        case_axes = np.linalg.solve(np.reshape(transform.GetMatrix(), (3, 3)), direction)
+        return turned_slice_axis(space, image.GetSpacing(), case_axes.ravel()) is None
+
+    return keeps
+
+
 class ContextViews:
     """:func:`moving_context` of one case per start rotation, each built once."""
 
@@ -235,7 +248,15 @@ def process_case(
         starts = default_starts(reference.cropped, moving, reference.case.scan_axes, case.scan_axes)
         if more_starts:
             starts = turned_starts(starts, box_centre(reference.cropped))
-        alignment = align(registrar, reference.cropped, moving, case.id, starts, view=views)
+        alignment = align(
+            registrar,
+            reference.cropped,
+            moving,
+            case.id,
+            starts,
+            view=views,
+            keeps_slice_axis=slice_axis_check(reference.space, case.image),
+        )
         elastix_log.add_all(alignment.logs)
     grid = reference.grid
     transform = alignment.transform if alignment else sitk.AffineTransform(3)
@@ -257,7 +278,6 @@ def process_case(
     if warning:
         log.warning(warning)
         flags.append(warning.split(": ", 1)[1])
-    turned_axis = turned_slice_axis(reference.space, case.image.GetSpacing(), case_axes.ravel())
     seconds = time.perf_counter() - started
     log.info(
         "case %s: box %s + %s (%s), start %s, similarity %.4f, %.1f s",
@@ -282,7 +302,6 @@ def process_case(
         planes_after=mid_planes(image),
         seconds=seconds,
         flags=flags,
-        turned_axis=turned_axis,
     )
 
 
@@ -326,7 +345,15 @@ def align_case(
     views = ContextViews(case, box, target.grid, crop_margin_mm, carried)
     moving = views(np.eye(3))
     starts = default_starts(target.cropped, moving, None, case.scan_axes)
-    alignment = align(registrar, target.cropped, moving, case.id, starts, view=views)
+    alignment = align(
+        registrar,
+        target.cropped,
+        moving,
+        case.id,
+        starts,
+        view=views,
+        keeps_slice_axis=slice_axis_check(TargetSpace.from_grid(target.grid), case.image),
+    )
     elastix_log.add_all(alignment.logs)
     return CaseAlignment(
         box,

@@ -83,27 +83,16 @@ def _realign_outliers(
     elastix_log: ElastixLog,
     out: Path,
 ) -> list[str]:
-    """Align again from more starts the cases whose similarity is far below the cohort's
-    and the stacks turned on their side; returns the cases still flagged.
-
-    A retry replaces the first result when it keeps the slice axis where the first did
-    not, or else when its similarity is higher.
-    """
+    """Align low-similarity cases again from more starts; returns the cases still flagged."""
     by_id = {files.id: files for files in cohort}
     still_flagged = []
-    reasons = similarity_outliers(outputs)
-    for output in outputs:
-        if output.turned_axis and output.case_id not in reasons:
-            reasons[output.case_id] = (
-                f"slice axis turned onto the target's {output.turned_axis} axis"
-            )
-    for case_id, reason in reasons.items():
+    for case_id, reason in similarity_outliers(outputs).items():
         log.warning("case %s: %s; aligning again from more starts", case_id, reason)
         index = next(i for i, o in enumerate(outputs) if o.case_id == case_id)
         case = load_case(by_id[case_id], settings.labels)
         retry = process_case(case, reference, settings, registrar, elastix_log, more_starts=True)
         old = outputs[index]
-        if _better(retry, old):
+        if retry.alignment.similarity > old.alignment.similarity:
             retry.flags.insert(
                 0, f"{reason}; re-aligned from more starts, now {retry.alignment.similarity:.4f}"
             )
@@ -115,14 +104,6 @@ def _realign_outliers(
         log.warning("case %s: still %s after re-alignment", case_id, reason)
         still_flagged.append(case_id)
     return still_flagged
-
-
-def _better(retry: CaseOutput, old: CaseOutput) -> bool:
-    """Slice axis kept first, then the higher similarity."""
-    return (retry.turned_axis is None, retry.alignment.similarity) > (
-        old.turned_axis is None,
-        old.alignment.similarity,
-    )
 
 
 def preprocess_cohort(

@@ -55,6 +55,15 @@ class TargetSpace:
         }
 
     @classmethod
+    def from_grid(cls, grid: sitk.Image) -> TargetSpace:
+        return cls(
+            tuple(float(v) for v in grid.GetOrigin()),  # type: ignore[arg-type]
+            tuple(float(v) for v in grid.GetSpacing()),  # type: ignore[arg-type]
+            tuple(float(v) for v in grid.GetDirection()),
+            tuple(int(v) for v in grid.GetSize()),  # type: ignore[arg-type]
+        )
+
+    @classmethod
     def from_json(cls, data: dict[str, Any]) -> TargetSpace:
         return cls(
             tuple(float(v) for v in data["origin_xyz"]),  # type: ignore[arg-type]
@@ -133,8 +142,8 @@ def turned_slice_axis(
     own slice axis on z and the stack was turned on its side by its alignment; else None.
 
     A short stack of thick slices turned on its side is anatomically wrong whatever its
-    similarity (ACDC: 13 of 18 such turns scored a higher similarity than the stack kept
-    upright), so the cohort run aligns such a case again from more starts.
+    similarity (ACDC: quarter turns scored a higher similarity than the upright stack for
+    13 of 18 cases without a plausible affine, at Dice 0.05-0.27 to the reference).
     """
     spacing = np.asarray(spacing_xyz, dtype=float)
     grid_spacing = np.asarray(space.spacing_xyz, dtype=float)
