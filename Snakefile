@@ -41,6 +41,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/bench.smk"
 include: "workflow/rules/predict.smk"
+include: "workflow/rules/budget.smk"
 
 
 # Rules that only read small files run where Snakemake runs, not as cluster jobs.

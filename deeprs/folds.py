@@ -6,8 +6,10 @@ unlabelled cases as fixed images, and tests on the other parts. Label-amount spl
 one fixed test set and nested seeded draws of ``n`` training labels from the rest. Cases
 are always grouped by ``subject`` (the rule is in :mod:`deeprs.data.grouping`) so that the
 two frames of one ACDC patient never sit on both sides of a split, and every split is
-checked for that before any is written. The protocol, including cohorts without unlabelled cases, is in
-``docs/methods.md`` (section "Folds").
+checked for that before any is written. ``validation_subjects`` labelled subjects are drawn
+first and set aside: every split names them as its ``validation`` cases (the validation
+signal of training) and none of them is ever a training or test case. The protocol,
+including cohorts without unlabelled cases, is in ``docs/methods.md`` (section "Folds").
 """
 
 from __future__ import annotations
@@ -27,12 +29,32 @@ from deeprs.io import write_json
 MIN_TEST_CASES = 2
 
 
-def _subject_groups(manifest: Manifest) -> dict[str, list[str]]:
-    """Labelled case ids per subject, both sorted so the manifest's order does not matter."""
+def _subject_groups(manifest: Manifest, validation: Sequence[str] = ()) -> dict[str, list[str]]:
+    """Labelled case ids per subject, both sorted so the manifest's order does not matter;
+    the ``validation`` cases are left out."""
     groups: dict[str, list[str]] = defaultdict(list)
-    for case_id in sorted(manifest.labelled_ids):
+    for case_id in sorted(set(manifest.labelled_ids) - set(validation)):
         groups[manifest.cases[case_id].subject].append(case_id)
     return dict(sorted(groups.items()))
+
+
+def validation_cases(manifest: Manifest, n_subjects: int, seed: int) -> list[str]:
+    """The labelled cases of ``n_subjects`` seeded subjects, set aside for validation.
+
+    Drawn from a generator of their own, so the folds of a study with and without a
+    validation set differ only by the cases set aside.
+    """
+    if n_subjects == 0:
+        return []
+    groups = _subject_groups(manifest)
+    if n_subjects >= len(groups):
+        raise ConfigError(
+            f"config key 'folds.validation_subjects': {n_subjects} validation subjects leave "
+            f"none of the {len(groups)} labelled subjects of '{manifest.path}' for the folds; "
+            "lower it"
+        )
+    chosen = _shuffled_subjects(groups, np.random.default_rng([seed, 3]))[:n_subjects]
+    return sorted(case for subject in chosen for case in groups[subject])
 
 
 def _shuffled_subjects(groups: dict[str, list[str]], rng: np.random.Generator) -> list[str]:
@@ -64,9 +86,11 @@ def _fixed_images(manifest: Manifest, training_side: list[str]) -> list[str]:
     return unlabelled if unlabelled else sorted(training_side)
 
 
-def make_folds(manifest: Manifest, n_folds: int, seed: int) -> list[Split]:
+def make_folds(
+    manifest: Manifest, n_folds: int, seed: int, validation: Sequence[str] = ()
+) -> list[Split]:
     """One split per fold: part k trains (moving), the other parts test."""
-    groups = _subject_groups(manifest)
+    groups = _subject_groups(manifest, validation)
     n_cases = sum(len(cases) for cases in groups.values())
     if len(groups) < n_folds:
         raise ConfigError(
@@ -91,13 +115,18 @@ def make_folds(manifest: Manifest, n_folds: int, seed: int) -> list[Split]:
                 train_moving=part,
                 train_fixed=_fixed_images(manifest, part),
                 test=test,
+                validation=list(validation),
             )
         )
     return splits
 
 
 def make_label_amount_splits(
-    manifest: Manifest, amounts: Sequence[int], repeats: int, seed: int
+    manifest: Manifest,
+    amounts: Sequence[int],
+    repeats: int,
+    seed: int,
+    validation: Sequence[str] = (),
 ) -> list[Split]:
     """Splits ``labels_{n}_rep_{r}``: one fixed test set, nested seeded draws of n labels.
 
@@ -106,7 +135,7 @@ def make_label_amount_splits(
     that all points of the study are measured on the same images. Repeat r permutes the pool
     once and trains on its first n cases, so the 1 label of repeat r is among its 4, and so on.
     """
-    groups = _subject_groups(manifest)
+    groups = _subject_groups(manifest, validation)
     n_cases = sum(len(cases) for cases in groups.values())
     largest = max(amounts)
     needed = largest + MIN_TEST_CASES
@@ -133,27 +162,34 @@ def make_label_amount_splits(
                     train_moving=sorted(order[:n]),
                     train_fixed=_fixed_images(manifest, pool),
                     test=test,
+                    validation=list(validation),
                 )
             )
     return splits
 
 
 def check_subjects_apart(split: Split, manifest: Manifest) -> None:
-    """Refuse a split that puts one subject in both its training images and its test set.
+    """Refuse a split that puts one subject on two sides of training, test and validation.
 
     The splitting above keeps subjects whole by construction; this check, run on every
     split before any is written, makes a leak impossible rather than merely unlikely.
     """
-    training = {manifest.record(case).subject: case for case in split.train_moving}
-    training.update({manifest.record(case).subject: case for case in split.train_fixed})
-    for case in split.test:
-        subject = manifest.record(case).subject
-        if subject in training:
-            raise DeeprsError(
-                f"split {split.name} would put subject '{subject}' in training "
-                f"('{training[subject]}') and in test ('{case}'); this is a bug in "
-                "deeprs.folds, please report it"
-            )
+    sides = {
+        "training": [*split.train_moving, *split.train_fixed],
+        "test": split.test,
+        "validation": split.validation,
+    }
+    seen: dict[str, tuple[str, str]] = {}
+    for side, cases in sides.items():
+        for case in cases:
+            subject = manifest.record(case).subject
+            other_side, other_case = seen.setdefault(subject, (side, case))
+            if other_side != side:
+                raise DeeprsError(
+                    f"split {split.name} would put subject '{subject}' in {other_side} "
+                    f"('{other_case}') and in {side} ('{case}'); this is a bug in "
+                    "deeprs.folds, please report it"
+                )
 
 
 @dataclass(frozen=True)
@@ -164,6 +200,7 @@ class FoldSettings:
     label_amounts: list[int]
     label_amount_repeats: int
     seed: int
+    validation_subjects: int = 0
 
 
 def fold_names(n_folds: int) -> list[str]:
@@ -186,10 +223,15 @@ def split_names(settings: FoldSettings) -> list[str]:
 
 def make_splits(manifest: Manifest, settings: FoldSettings) -> list[Split]:
     """The folds, then the label-amount splits (none when ``label_amounts`` is empty)."""
-    splits = make_folds(manifest, settings.n_folds, settings.seed)
+    validation = validation_cases(manifest, settings.validation_subjects, settings.seed)
+    splits = make_folds(manifest, settings.n_folds, settings.seed, validation)
     if settings.label_amounts:
         splits += make_label_amount_splits(
-            manifest, settings.label_amounts, settings.label_amount_repeats, settings.seed
+            manifest,
+            settings.label_amounts,
+            settings.label_amount_repeats,
+            settings.seed,
+            validation,
         )
     return splits
 

@@ -9,9 +9,17 @@ from pathlib import Path
 import pytest
 
 from deeprs.cli import main
-from deeprs.data.cases import CaseRecord, Manifest, load_split
-from deeprs.errors import ConfigError
-from deeprs.folds import FoldSettings, make_folds, make_label_amount_splits, split_names
+from deeprs.data.cases import CaseRecord, Manifest, Split, load_split
+from deeprs.errors import ConfigError, DataError, DeeprsError
+from deeprs.folds import (
+    FoldSettings,
+    check_subjects_apart,
+    make_folds,
+    make_label_amount_splits,
+    make_splits,
+    split_names,
+    validation_cases,
+)
 
 
 def cohort(n_labelled: int, n_unlabelled: int, frames_per_subject: int = 1) -> Manifest:
@@ -170,3 +178,58 @@ def test_split_command_writes_readable_files(tmp_path: Path) -> None:
         )
         == 2
     )
+
+
+def test_validation_subjects_are_set_aside_from_every_split() -> None:
+    manifest = cohort(48, 0, frames_per_subject=2)
+    settings = FoldSettings(
+        n_folds=5, label_amounts=[1, 4], label_amount_repeats=2, seed=7, validation_subjects=2
+    )
+    splits = make_splits(manifest, settings)
+    validation = splits[0].validation
+    assert len(validation) == 4  # two whole subjects, both frames
+    assert len({manifest.cases[case].subject for case in validation}) == 2
+    for split in splits:
+        assert split.validation == validation
+        used = set(split.train_moving) | set(split.train_fixed) | set(split.test)
+        assert not used & set(validation)
+        check_subjects_apart(split, manifest)
+    folds = [split for split in splits if split.name.startswith("fold_")]
+    tested = {case for fold in folds for case in fold.test}
+    assert tested == set(manifest.labelled_ids) - set(validation)
+    # Another seed sets other subjects aside; none at all leaves the folds as they were.
+    other = make_splits(manifest, FoldSettings(**{**vars(settings), "seed": 8}))
+    assert other[0].validation != validation
+    unset = make_splits(manifest, FoldSettings(**{**vars(settings), "validation_subjects": 0}))
+    assert unset[0].validation == [] and unset[0] == make_folds(manifest, 5, seed=7)[0]
+
+
+def test_too_many_validation_subjects_name_the_key() -> None:
+    with pytest.raises(ConfigError, match="config key 'folds.validation_subjects': 6 validation"):
+        validation_cases(cohort(6, 2), 6, seed=0)
+
+
+def test_a_validation_case_in_training_is_refused() -> None:
+    manifest = cohort(10, 2)
+    fold = make_folds(manifest, 2, seed=0)[0]
+    leaked = Split(**{**vars(fold), "validation": [fold.train_moving[0]]})
+    with pytest.raises(DeeprsError, match="in training .* and in validation"):
+        check_subjects_apart(leaked, manifest)
+
+
+def test_split_files_with_and_without_validation_read_back(tmp_path: Path) -> None:
+    fold = make_splits(
+        cohort(12, 2),
+        FoldSettings(
+            n_folds=2, label_amounts=[], label_amount_repeats=1, seed=3, validation_subjects=2
+        ),
+    )[0]
+    path = tmp_path / "fold_0.json"
+    path.write_text(json.dumps(fold.to_json()))
+    assert load_split(path) == fold
+    older = {key: value for key, value in fold.to_json().items() if key != "validation"}
+    path.write_text(json.dumps(older))
+    assert load_split(path).validation == []
+    path.write_text(json.dumps({**older, "validation": "l00"}))
+    with pytest.raises(DataError, match="key 'validation' must be a list of case ids"):
+        load_split(path)

@@ -85,6 +85,7 @@ def write_metrics_set(results: Path) -> None:
             frame.to_csv(path, index=False)
             if method != "affine":
                 write_losses(path.parent / "losses.csv", method, seed=fold)
+                write_validation(path.parent / "validation.csv", method, rising=fold == 1)
     for index, method in enumerate(["unet3d", "deeprs"]):
         for n_labels in (1, 4):
             for repeat in range(REPEATS):
@@ -111,6 +112,22 @@ def write_losses(path: Path, method: str, seed: int, iterations: int = 30) -> No
             row["reg_cc"] = -0.2 - 0.3 * (1 - decay)
         history.append(row)
     write_losses_csv(history, path)
+
+
+def write_validation(path: Path, method: str, rising: bool) -> None:
+    """Validation Dice every 5 of 30 iterations: flat from iteration 10, or (``rising``)
+    still climbing 1 point per 5 iterations, i.e. 2 points over the last third."""
+    iterations = np.arange(0, 31, 5)
+    curve = 0.5 + 0.01 * iterations / 5 if rising else np.minimum(0.3 + 0.04 * iterations, 0.7)
+    frame = pd.DataFrame(
+        {
+            "iteration": iterations,
+            "s_dice": curve if "segmentation" in LEVELS[method] else np.nan,
+            "r_dice": curve - 0.1 if "registration" in LEVELS[method] else np.nan,
+            "source": "validation",
+        }
+    )
+    frame.to_csv(path, index=False)
 
 
 def study_request(results: Path, out: Path) -> ReportRequest:
@@ -511,7 +528,11 @@ def test_every_figure_axis_has_a_label_and_curves_differ_without_colour(
     assert [axis.get_title() for axis in deeprs_curves] == [
         "R: local NCC",
         "S: CE on augmentation data",
+        # The mean of a flat fold 0 and a fold 1 rising 2 points over the last third.
+        "validation S Dice (+1.0 pts over last third)",
+        "validation R Dice (+1.0 pts over last third)",
     ]
+    assert deeprs_curves[2].get_ylabel() == "Dice (%)"
     assert [line.get_label() for line in deeprs_curves[0].get_lines()] == [
         "fold 0",
         "fold 1",
@@ -658,6 +679,7 @@ def test_snakemake_report_rule_and_html_report(tmp_path: Path, repo_root: Path) 
             for fold in range(config["folds"]["n_folds"]):
                 path = results / method / f"fold_{fold}" / "losses.csv"
                 write_losses(path, "deeprs", seed=fold)
+                write_validation(path.parent / "validation.csv", "deeprs", rising=False)
     write_preprocessed_qc(results / "preprocessed")
     command = [sys.executable, "-m", "snakemake", "-s", str(repo_root / "Snakefile")]
     command += [
@@ -688,4 +710,19 @@ def test_snakemake_report_rule_and_html_report(tmp_path: Path, repo_root: Path) 
     assert "DeepRS against the baselines" in text and "Fig. 8" in text
     assert "ECCV 2020" in text and "MICCAI" not in text
     assert "Study configuration" in text and "learning_curves_deeprs.png" in text
+    assert "convergence.html" in text
     assert (results / "report" / "qc.html").is_file()
+
+
+def test_convergence_table_applies_the_criterion_per_run(report) -> None:
+    _, out, _ = report
+    table = pd.read_csv(out / "convergence.csv")
+    deeprs = table[table["method"] == "DeepRS"].set_index(["fold", "network"])
+    assert deeprs.loc[(0, "S"), "converged"] == "yes"
+    assert deeprs.loc[(0, "S"), "final Dice (%)"] == pytest.approx(70.0)
+    assert deeprs.loc[(1, "R"), "converged"] == "no"
+    assert deeprs.loc[(1, "R"), "change over last third (points)"] == pytest.approx(2.0)
+    assert set(table[table["method"] == "3D U-Net"]["network"]) == {"S"}
+    assert set(table["validated on"]) == {"validation"}
+    html = (out / "convergence.html").read_text()
+    assert "Convergence per run" in html and "less than 1 Dice point" in html

@@ -145,6 +145,13 @@ def test_every_method_trains_and_writes_its_outputs(
     assert all(not net.training for net in models.values())
     payload = read_payload(result.model_path, "model file")
     assert payload["method"] == name and payload["labels"] == STRUCTURES
+    # The validation signal: before training and at the end (validate_every 25 > 6).
+    validation = pd.read_csv(result.validation_csv)
+    assert list(validation["iteration"]) == ([0, 6] if method.trains else [])
+    assert set(validation["source"]) <= {"training"}  # this split sets no cases aside
+    if method.trains:
+        assert validation["s_dice"].notna().all() == method.segmentation
+        assert validation["r_dice"].notna().all() == method.registration
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
@@ -181,6 +188,9 @@ def test_interrupt_and_resume_gives_the_uninterrupted_weights(
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
     pd.testing.assert_frame_equal(pd.read_csv(whole.losses_csv), pd.read_csv(resumed.losses_csv))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(whole.validation_csv), pd.read_csv(resumed.validation_csv)
+    )
 
 
 def test_checkpoint_of_other_settings_is_not_resumed(
@@ -253,7 +263,10 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 def learnable(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Split]:
     folder = tmp_path_factory.mktemp("learnable")
     return write_cohort(
-        folder, (16, 32, 32), {"train_moving": 5, "train_fixed": 5, "test": 4}, seed=1
+        folder,
+        (16, 32, 32),
+        {"train_moving": 5, "train_fixed": 5, "test": 4, "validation": 3},
+        seed=1,
     )
 
 
@@ -288,6 +301,18 @@ def test_short_registration_training_beats_the_identity(
     assert np.mean(after) > np.mean(before) + 0.04, (
         f"Dice {np.mean(before):.3f} -> {np.mean(after):.3f}"
     )
+    validation = pd.read_csv(result.validation_csv)
+    assert set(validation["source"]) == {"validation"}
+    assert list(validation["iteration"]) == [0, 25, 50, 75, 100, 125, 150]
+    # Before training R is the identity up to its tiny initial flow: its validation Dice is
+    # that of the unwarped validation pairs, computed here independently.
+    identity = [
+        _dice(labels[moving], labels[fixed])
+        for fixed in split.validation
+        for moving in split.validation
+        if moving != fixed
+    ]
+    assert validation["r_dice"].iloc[0] == pytest.approx(np.mean(identity), abs=0.005)
 
 
 def test_short_segmentation_training_is_far_above_chance(
@@ -307,6 +332,43 @@ def test_short_segmentation_training_is_far_above_chance(
             chance.append(_dice(rng.integers(0, 3, label.shape), label))
     assert np.mean(scores) > 0.6, f"Dice {np.mean(scores):.3f}, chance {np.mean(chance):.3f}"
     assert np.mean(scores) > 3 * np.mean(chance)
+    # The validation curve rose, and its last point is the final model's Dice on the
+    # validation cases (never the test cases), computed here independently.
+    validation = pd.read_csv(result.validation_csv)
+    assert validation["s_dice"].iloc[-1] > validation["s_dice"].iloc[0] + 0.3
+    with torch.no_grad():
+        final = [
+            _dice(
+                segmentation(_volume(manifest.image(case), torch.float32)).argmax(1)[0].numpy(),
+                manifest.label(case),
+            )
+            for case in split.validation
+        ]
+    assert validation["s_dice"].iloc[-1] == pytest.approx(np.mean(final), abs=0.02)
+
+
+def test_validating_changes_nothing_of_the_training(
+    learnable: tuple[Manifest, Split], tmp_path: Path
+) -> None:
+    """Validating every iteration or never in between gives the same weights and losses."""
+    manifest, split = learnable
+    runs = {}
+    for every in (1, 1000):
+        settings = TrainSettings(
+            iterations=6, width=0.25, checkpoint_every=1000, validate_every=every, seed=5
+        )
+        runs[every] = train(
+            get_method("deeprs"), manifest, split, settings, tmp_path / str(every), CPU
+        )
+    dense = pd.read_csv(runs[1].validation_csv)
+    assert list(dense["iteration"]) == list(range(7))
+    assert list(pd.read_csv(runs[1000].validation_csv)["iteration"]) == [0, 6]
+    expected, actual = _state(runs[1].model_path), _state(runs[1000].model_path)
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    pd.testing.assert_frame_equal(
+        pd.read_csv(runs[1].losses_csv), pd.read_csv(runs[1000].losses_csv)
+    )
 
 
 def test_cli_trains_and_reports_bad_settings(

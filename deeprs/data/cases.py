@@ -172,13 +172,15 @@ def load_manifest(path: str | Path) -> Manifest:
 
 @dataclass(frozen=True)
 class Split:
-    """One fold or label-amount split: which cases train (moving, fixed) and which test."""
+    """One fold or label-amount split: which cases train (moving, fixed), which test, and
+    which only measure training's progress (``validation``, the same for every split)."""
 
     name: str
     seed: int
     train_moving: list[str]
     train_fixed: list[str]
     test: list[str]
+    validation: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -187,18 +189,19 @@ class Split:
             "train_moving": list(self.train_moving),
             "train_fixed": list(self.train_fixed),
             "test": list(self.test),
+            "validation": list(self.validation),
         }
 
     def check_against(self, manifest: Manifest, source: str | Path) -> None:
         """Raise DataError when the split names a case the manifest lacks or needs a missing label."""
-        for role in ("train_moving", "train_fixed", "test"):
+        for role in ("train_moving", "train_fixed", "test", "validation"):
             for case_id in getattr(self, role):
                 if case_id not in manifest.cases:
                     raise DataError(
                         f"split '{source}': {role} case '{case_id}' is not in the manifest "
                         f"'{manifest.path}'; rerun the split step"
                     )
-        for role in ("train_moving", "test"):
+        for role in ("train_moving", "test", "validation"):
             for case_id in getattr(self, role):
                 if not manifest.cases[case_id].labelled:
                     raise DataError(
@@ -220,7 +223,10 @@ def load_split(path: str | Path, manifest: Manifest | None = None) -> Split:
         if not all(isinstance(v, str) for v in values):
             raise DataError(f"{what} '{path}': key '{role}' must be a list of case ids")
         lists[role] = list(values)
-    split = Split(name=name, seed=seed, **lists)
+    validation = data.get("validation", [])
+    if not isinstance(validation, list) or not all(isinstance(v, str) for v in validation):
+        raise DataError(f"{what} '{path}': key 'validation' must be a list of case ids")
+    split = Split(name=name, seed=seed, validation=list(validation), **lists)
     if manifest is not None:
         split.check_against(manifest, path)
     return split

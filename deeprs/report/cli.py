@@ -1,6 +1,7 @@
 """``deeprs report``: the tables, box plots, label-amount curve, learning curves and QC page.
 
-Reads only ``metrics.csv`` and ``losses.csv`` files and the preprocessing QC (no models),
+Reads only ``metrics.csv``, ``losses.csv`` and ``validation.csv`` files and the
+preprocessing QC (no models),
 so it reruns in seconds when a metric changes. A method whose files are absent is reported
 as missing, not dropped. The study's own report folder (``{results}/report``, written by
 Snakemake's rule ``report``) is replaced only on request (``--replace-study-report``): a
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from deeprs import convergence
 from deeprs.errors import ConfigError
 from deeprs.io import write_text
 from deeprs.palette import method_colour, structure_title
@@ -56,6 +58,16 @@ LABEL_AMOUNT_CAPTION = (
 PER_FOLD_CAPTION = (
     "Mean ± std (ddof=1) of the per-sample Dice (mean over structures) within each fold: "
     "how much the folds differ."
+)
+
+CONVERGENCE_CAPTION = (
+    "Validation Dice of each run (S on each validation image, R on each ordered pair of them; "
+    "'validated on: training' means the split's own labelled training images, when the study "
+    "sets no validation cases aside). A run has converged when the least-squares trend of its "
+    f"validation Dice over the last third of training changes it by less than "
+    f"{convergence.TOLERANCE_POINTS:g} Dice point; 'undecided': fewer than "
+    f"{convergence.MIN_POINTS} measurements in that third. The final model is always the last "
+    "iteration's."
 )
 
 STUDY_REPORT = "report"
@@ -153,12 +165,46 @@ def write_learning_curves(request: ReportRequest, methods: list[str]) -> list[Pa
         written.append(
             curves.learning_curve_figure(
                 runs,
-                f"{method_title(method)}: training losses, folds {folds}",
+                f"{method_title(method)}: training losses and validation Dice, folds {folds}",
                 method_colour(method, methods),
                 learning_curve_path(request.out, method),
+                curves.read_validations(request.results, method, request.folds),
             )
         )
     return written
+
+
+def convergence_table(request: ReportRequest, methods: list[str]) -> pd.DataFrame:
+    """The convergence criterion per method, fold and validation signal (S, R)."""
+    rows = []
+    for method in methods:
+        for fold, frame in curves.read_validations(request.results, method, request.folds).items():
+            for result in convergence.assess(frame):
+                verdict = {True: "yes", False: "no", None: "undecided"}[result.converged]
+                rows.append(
+                    {
+                        "method": method_title(method),
+                        "fold": fold,
+                        "network": convergence.SIGNALS[result.signal],
+                        "validated on": str(frame["source"].iloc[0]),
+                        "last iteration": int(frame["iteration"].iloc[-1]),
+                        "final Dice (%)": round(result.final * 100, 1),
+                        "change over last third (points)": round(result.change, 2),
+                        "converged": verdict,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def write_convergence(request: ReportRequest, methods: list[str]) -> list[Path]:
+    """convergence.csv and convergence.html: does every run meet the criterion?"""
+    table = convergence_table(request, methods)
+    csv_path = request.out / "convergence.csv"
+    write_text(csv_path, table.to_csv(index=False))
+    html_path = request.out / "convergence.html"
+    printed = [tables.PrintedTable("convergence", "Convergence per run", table)]
+    write_text(html_path, tables.to_html(printed, "Convergence of training", CONVERGENCE_CAPTION))
+    return [csv_path, html_path]
 
 
 def build_report(request: ReportRequest) -> list[Path]:
@@ -191,6 +237,7 @@ def build_report(request: ReportRequest) -> list[Path]:
     written += [per_fold_path, per_fold_html]
     written += write_label_amount(request)
     written += write_learning_curves(request, all_methods)
+    written += write_convergence(request, all_methods)
     if request.preprocessed is not None:
         written.append(qc.write_qc_page(request.preprocessed, request.out / "qc.html"))
     return written

@@ -1,10 +1,12 @@
-"""Learning curves: the losses of one method over iterations, every fold in one figure.
+"""Learning curves: the losses and the validation Dice of one method, every fold in one figure.
 
-Reads the ``losses.csv`` that training writes next to each model. One panel per recorded
-term that is not zero throughout; each fold is a thin line (running mean over ~5 % of the
-run) and the mean over folds a thick one, so a reader sees both whether training settled
-and how much the folds agree. Columns other than the loss terms (e.g. a validation signal)
-are drawn too, with their column name as the axis label.
+Reads the ``losses.csv`` and ``validation.csv`` that training writes next to each model.
+One panel per recorded loss term that is not zero throughout; each fold is a thin line
+(running mean over ~5 % of the run) and the mean over folds a thick one, so a reader sees
+both whether training settled and how much the folds agree. Then one panel per validation
+signal (S Dice, R Dice), unsmoothed, titled with the convergence criterion
+(:mod:`deeprs.convergence`) of the mean over folds. Columns other than the loss terms are
+drawn too, with their column name as the axis label.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from deeprs.convergence import SIGNALS, change_over_last_third, read_validation  # noqa: E402
 from deeprs.errors import DataError  # noqa: E402
 from deeprs.report.figures import save_figure  # noqa: E402
 from deeprs.train.history import LOSS_TERMS  # noqa: E402
@@ -29,6 +32,57 @@ FOLD_STYLES = ("-", "--", ":", "-.")
 
 def losses_path(results: Path, method: str, fold: int) -> Path:
     return Path(results) / method / f"fold_{fold}" / "losses.csv"
+
+
+def validation_path(results: Path, method: str, fold: int) -> Path:
+    return Path(results) / method / f"fold_{fold}" / "validation.csv"
+
+
+def read_validations(results: Path, method: str, folds: list[int]) -> dict[int, pd.DataFrame]:
+    """The ``validation.csv`` of each fold that has one with rows (absent folds are left out)."""
+    runs = {}
+    for fold in folds:
+        path = validation_path(results, method, fold)
+        if path.is_file():
+            frame = read_validation(path)
+            if len(frame):
+                runs[fold] = frame
+    return runs
+
+
+def _validation_panels(validation: dict[int, pd.DataFrame]) -> list[str]:
+    return [
+        column
+        for column in SIGNALS
+        if any(frame[column].notna().any() for frame in validation.values())
+    ]
+
+
+def _draw_validation(
+    axis: plt.Axes, validation: dict[int, pd.DataFrame], column: str, colour: str
+) -> None:
+    """Each fold's validation Dice (%) and their mean, titled with the mean's criterion."""
+    curves = []
+    for index, (fold, frame) in enumerate(sorted(validation.items())):
+        curve = pd.Series(frame[column].to_numpy(dtype=float) * 100, index=frame["iteration"])
+        curves.append(curve)
+        axis.plot(
+            curve.index,
+            curve.to_numpy(),
+            color=colour,
+            alpha=0.7,
+            linewidth=1.0,
+            marker=".",
+            linestyle=FOLD_STYLES[index % len(FOLD_STYLES)],
+            label=f"fold {fold}",
+        )
+    mean = pd.concat(curves, axis=1).mean(axis=1)
+    if len(curves) > 1:
+        axis.plot(mean.index, mean.to_numpy(), color="black", linewidth=1.8, label="mean")
+    change = change_over_last_third(mean.index.to_numpy(), mean.to_numpy() / 100)
+    verdict = "undecided" if change != change else f"{change:+.1f} pts over last third"
+    axis.set_title(f"validation {SIGNALS[column]} Dice ({verdict})", fontsize=10)
+    axis.set_ylabel("Dice (%)")
 
 
 def read_losses(results: Path, method: str, folds: list[int]) -> dict[int, pd.DataFrame]:
@@ -71,13 +125,25 @@ def axis_label(term: str) -> str:
 
 
 def learning_curve_figure(
-    runs: dict[int, pd.DataFrame], title: str, colour: str, out_path: Path
+    runs: dict[int, pd.DataFrame],
+    title: str,
+    colour: str,
+    out_path: Path,
+    validation: dict[int, pd.DataFrame] | None = None,
 ) -> Path:
-    """One panel per plotted term; thin line per fold, thick line for the mean of folds."""
+    """One panel per plotted term and validation signal; thin line per fold, thick line for
+    the mean of folds."""
     terms = plotted_terms(runs)
-    columns = max(1, min(3, len(terms)))
-    rows = max(1, -(-len(terms) // columns))
+    signals = _validation_panels(validation or {})
+    panels = len(terms) + len(signals)
+    columns = max(1, min(3, panels))
+    rows = max(1, -(-panels // columns))
     figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.2 * rows), squeeze=False)
+    for axis, column in zip(list(axes.flat)[len(terms) :], signals, strict=False):
+        _draw_validation(axis, validation or {}, column, colour)
+        axis.set_xlabel("iteration")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
     for axis, term in zip(axes.flat, terms, strict=False):
         smoothed = []
         for index, (fold, frame) in enumerate(sorted(runs.items())):
@@ -107,7 +173,7 @@ def learning_curve_figure(
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(axis_label(term))
         axis.grid(alpha=0.3)
-    for axis in list(axes.flat)[len(terms) :]:
+    for axis in list(axes.flat)[panels:]:
         axis.axis("off")
     if terms:
         axes.flat[0].legend(fontsize=8, frameon=False)

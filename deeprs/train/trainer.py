@@ -3,9 +3,13 @@
 Per iteration (batch 1, alternating as in section 3.2 of the paper): an R update on a
 (moving, fixed) pair, a D update on the same pair and the detached warp, then an S update
 on R's augmentation and weakly supervised data. Segmentation-only methods skip R and D and
-train S on one labelled image. Every ``checkpoint_every`` iterations the whole state
-(networks, optimisers, random generator, loss history) is saved atomically; a rerun
-resumes from it and ends with exactly the weights of an uninterrupted run (on the CPU).
+train S on one labelled image. At iteration 0, every ``validate_every`` iterations and at
+the end, the Dice of S and R on the split's validation cases is recorded
+(:mod:`deeprs.train.validation`, ``validation.csv``): the curve that shows convergence. The
+final model is the last iteration's; nothing is selected on any score. Every
+``checkpoint_every`` iterations the whole state (networks, optimisers, random generator,
+loss and validation history) is saved atomically; a rerun resumes from it and ends with
+exactly the weights of an uninterrupted run (on the CPU).
 """
 
 from __future__ import annotations
@@ -48,6 +52,13 @@ from deeprs.train.steps import (
     registration_step,
     segmentation_step,
 )
+from deeprs.train.validation import (
+    VALIDATION_CSV,
+    ValidationSet,
+    load_validation_set,
+    validate,
+    write_validation_csv,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -73,6 +84,7 @@ class TrainSettings:
     lr: float = _DEFAULTS["lr"]
     weights: dict[str, float] = field(default_factory=lambda: dict(_DEFAULTS["weights"]))
     checkpoint_every: int = _DEFAULTS["checkpoint_every"]
+    validate_every: int = _DEFAULTS["validate_every"]
     seed: int = _DEFAULTS["seed"]
     cpu_bf16: bool = _DEFAULTS["cpu_bf16"]
     discriminator_lr: float | None = _DEFAULTS["discriminator_lr"]
@@ -88,9 +100,10 @@ class TrainSettings:
         object.__setattr__(self, "weights", {**_DEFAULTS["weights"], **self.weights})
         if self.discriminator_lr is None:
             object.__setattr__(self, "discriminator_lr", self.lr)
-        if self.iterations < 1 or self.checkpoint_every < 1:
+        if min(self.iterations, self.checkpoint_every, self.validate_every) < 1:
             raise DeeprsError(
-                "config keys 'train.iterations' and 'train.checkpoint_every' must be >= 1"
+                "config keys 'train.iterations', 'train.checkpoint_every' and "
+                "'train.validate_every' must be >= 1"
             )
 
     @classmethod
@@ -116,6 +129,7 @@ class TrainResult:
     model_path: Path
     losses_csv: Path
     losses_png: Path
+    validation_csv: Path
     iterations: int
     resumed_from: int
     seconds: float
@@ -231,9 +245,10 @@ class Trainer:
     """One training run of ``method`` on ``split``, in stages.
 
     :meth:`setup` builds the networks and loads the data, :meth:`resume` continues from a
-    checkpoint of the same run, :meth:`iterate` does one R/D/S iteration, :meth:`checkpoint`
-    saves the whole state, :meth:`finish` writes ``model.pt``, ``losses.csv`` and
-    ``losses.png``; :meth:`run` does them in order.
+    checkpoint of the same run, :meth:`iterate` does one R/D/S iteration, :meth:`validate`
+    records the validation Dice, :meth:`checkpoint` saves the whole state, :meth:`finish`
+    writes ``model.pt``, ``losses.csv``, ``losses.png`` and ``validation.csv``; :meth:`run`
+    does them in order.
     """
 
     def __init__(
@@ -254,6 +269,7 @@ class Trainer:
         self.checkpoint_path = self.out_dir / CHECKPOINT_FILE
         self.model_path = self.out_dir / MODEL_FILE
         self.history: list[dict[str, float]] = []
+        self.validation_rows: list[dict[str, float | str]] = []
 
     def setup(self) -> None:
         """Networks, optimisers, the training data on the device and the data order."""
@@ -274,6 +290,13 @@ class Trainer:
         perf.prepare_networks([net for _, net in self.kinds.values()], layout, self.data.shape)
         self.data.images = {
             case: perf.prepare_volume(image, layout) for case, image in self.data.images.items()
+        }
+        self.validation_set: ValidationSet = load_validation_set(
+            self.manifest, self.split, self.device, max(NETWORK_MULTIPLE, multiple)
+        )
+        self.validation_set.images = {
+            case: perf.prepare_volume(image, layout)
+            for case, image in self.validation_set.images.items()
         }
         self.pairs = (
             EpochSampler(training_pairs(self.data.moving_ids, self.data.fixed_ids), settings.seed)
@@ -320,6 +343,7 @@ class Trainer:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.history = list(state["history"])
+        self.validation_rows = list(state.get("validation", []))
         start = int(state["iteration"])
         LOG.info(
             "resuming %s on %s from %s at iteration %d",
@@ -370,8 +394,27 @@ class Trainer:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "history": list(self.history),
+            "validation": list(self.validation_rows),
         }
         ckpt.save_atomic(state, self.checkpoint_path)
+
+    def validate(self, iteration: int) -> None:
+        """Record the validation Dice of S and R after ``iteration`` iterations."""
+        scores = validate(
+            self.validation_set,
+            self.networks.registration,
+            self.networks.segmentation,
+            self.settings.cpu_bf16,
+        )
+        self.validation_rows.append(
+            {"iteration": iteration, **scores, "source": self.validation_set.source}
+        )
+        LOG.info(
+            "validation at iteration %d (%s cases): %s",
+            iteration,
+            self.validation_set.source,
+            ", ".join(f"{name} {value:.3f}" for name, value in scores.items() if value == value),
+        )
 
     def finish(self, start: int, seconds: float) -> TrainResult:
         """Write the model, the loss history and its plot; drop the checkpoint."""
@@ -380,6 +423,7 @@ class Trainer:
             self.model_path, self.method.name, self.kinds, self.manifest.labels, settings.iterations
         )
         write_losses_csv(self.history, self.out_dir / LOSSES_CSV)
+        write_validation_csv(self.validation_rows, self.out_dir / VALIDATION_CSV)
         plot_losses(
             self.history,
             self.out_dir / LOSSES_PNG,
@@ -397,6 +441,7 @@ class Trainer:
             self.model_path,
             self.out_dir / LOSSES_CSV,
             self.out_dir / LOSSES_PNG,
+            self.out_dir / VALIDATION_CSV,
             settings.iterations,
             start,
             seconds,
@@ -406,9 +451,16 @@ class Trainer:
         """Methods without training (Affine only) still leave the files of a training step."""
         ckpt.save_model(self.model_path, self.method.name, {}, self.manifest.labels, 0)
         write_losses_csv([], self.out_dir / LOSSES_CSV)
+        write_validation_csv([], self.out_dir / VALIDATION_CSV)
         plot_losses([], self.out_dir / LOSSES_PNG, f"{self.method.title}: nothing to train")
         return TrainResult(
-            self.model_path, self.out_dir / LOSSES_CSV, self.out_dir / LOSSES_PNG, 0, 0, 0.0
+            self.model_path,
+            self.out_dir / LOSSES_CSV,
+            self.out_dir / LOSSES_PNG,
+            self.out_dir / VALIDATION_CSV,
+            0,
+            0,
+            0.0,
         )
 
     def _stopped(self, iteration: int, error: NonFiniteLossError) -> DeeprsError:
@@ -438,6 +490,8 @@ class Trainer:
         progress = Progress(
             settings.iterations, f"train {self.method.name} {self.split.name}", initial=start
         )
+        if start == 0:
+            self.validate(0)
         for iteration in range(start, settings.iterations):
             try:
                 row = self.iterate(iteration)
@@ -446,6 +500,8 @@ class Trainer:
             self.history.append(row)
             progress.update(values=_describe(row))
             done = iteration + 1
+            if done % settings.validate_every == 0 or done == settings.iterations:
+                self.validate(done)
             if done % settings.checkpoint_every == 0 and done < settings.iterations:
                 self.checkpoint(done)
                 LOG.info("iteration %d/%d: %s", done, settings.iterations, _describe(row))
@@ -464,5 +520,6 @@ def train(
     device: torch.device,
     callback: IterationCallback | None = None,
 ) -> TrainResult:
-    """Train ``method`` on ``split`` and write ``model.pt``, ``losses.csv``, ``losses.png``."""
+    """Train ``method`` on ``split`` and write ``model.pt``, ``losses.csv``, ``losses.png``
+    and ``validation.csv``."""
     return Trainer(method, manifest, split, settings, out_dir, device).run(callback)

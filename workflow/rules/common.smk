@@ -17,6 +17,7 @@ LOGS = config["logs"]
 DATA_DIR = config["data"]["dir"]
 REPORT_DIR = f"{RESULTS}/report"
 OVERLAY_SPLIT = "fold_0"
+TRAINING_OUTPUTS = ("model.pt", "losses.csv", "losses.png", "validation.csv")
 
 FOLDS = FoldSettings(**config["folds"], seed=config["seed"])
 TRAIN_GPUS = training_gpus(config["train"]["device"])
@@ -117,6 +118,11 @@ def report_losses():
     return [f"{RESULTS}/{method}/{fold}/losses.csv" for method in trained_methods() for fold in fold_names(FOLDS.n_folds)]
 
 
+def report_validation():
+    """validation.csv of every trained method on every fold (the convergence criterion)."""
+    return [f"{RESULTS}/{method}/{fold}/validation.csv" for method in trained_methods() for fold in fold_names(FOLDS.n_folds)]
+
+
 def learning_curve_outputs():
     """learning_curves_{method}.png of every trained method, for the report's category."""
     files = [f"{REPORT_DIR}/learning_curves_{method}.png" for method in trained_methods()]
@@ -145,6 +151,30 @@ def reproduce_targets():
     targets += run_targets()
     targets += predict_targets()
     return targets
+
+
+# The budget search (budget.smk).
+BUDGET = config["budget"]
+
+
+def budget_methods():
+    """Every Table 1 method that trains: the search is the same for all of them."""
+    return [method for method in dict.fromkeys(config["methods"]) if get_method(method).trains]
+
+
+def budget_train_settings(lr):
+    """Config section `train` with one learning rate for R, S and D and the search's length."""
+    overrides = {"lr": float(lr), "discriminator_lr": None, "iterations": BUDGET["iterations"]}
+    return section_json({**config, "train": {**config["train"], **overrides}}, "train")
+
+
+def budget_validation():
+    """validation.csv of every search run."""
+    return [
+        f"{RESULTS}/budget/lr_{lr:g}/{method}/{BUDGET['split']}/validation.csv"
+        for lr in BUDGET["lrs"]
+        for method in budget_methods()
+    ]
 
 
 # Applying trained models (predict.smk).
@@ -182,5 +212,5 @@ def run_targets():
         folder = Path(metrics).parent
         targets.append(metrics)
         if get_method(folder.parent.name).trains:
-            targets += [str(folder / name) for name in ("model.pt", "losses.csv", "losses.png")]
+            targets += [str(folder / name) for name in TRAINING_OUTPUTS]
     return targets

@@ -4,15 +4,18 @@
 
 
 rule report:
-    """Tables 1-2, box plots (Fig. 5), label-amount curve (Fig. 8), per-fold Dice, learning curves, QC page."""
+    """Tables 1-2, box plots (Fig. 5), label-amount curve (Fig. 8), per-fold Dice, learning curves and convergence, QC page."""
     input:
         fold_metrics=report_fold_metrics(),
         label_amount_metrics=report_label_amount_metrics(),
         losses=report_losses(),
+        validation=report_validation(),
         qc=f"{RESULTS}/preprocessed/qc.csv",
         mosaic=f"{RESULTS}/preprocessed/mosaic.png",
     output:
         learning_curves=learning_curve_outputs(),
+        convergence_html=report(f"{REPORT_DIR}/convergence.html", caption="../report/convergence.rst", category="3. Learning curves"),
+        convergence_csv=report(f"{REPORT_DIR}/convergence.csv", caption="../report/convergence.rst", category="3. Learning curves"),
         qc=report(f"{REPORT_DIR}/qc.html", caption="../report/qc.rst", category="4. Preprocessing QC"),
         table1_html=report(f"{REPORT_DIR}/table1.html", caption="../report/table1.rst", category="1. Tables", subcategory="1. Table 1: baselines"),
         table1_csv=report(f"{REPORT_DIR}/table1.csv", caption="../report/table1.rst", category="1. Tables", subcategory="1. Table 1: baselines"),

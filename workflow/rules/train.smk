@@ -2,7 +2,7 @@
 
 
 rule train:
-    """model.pt, losses.csv and losses.png of `{run}` (a method, or label_amount/<method>) on `{split}`."""
+    """model.pt, losses.csv, losses.png and validation.csv of `{run}` (a method, or label_amount/<method>) on `{split}`."""
     input:
         manifest=f"{RESULTS}/preprocessed/manifest.json",
         split=f"{RESULTS}/splits/{{split}}.json",
@@ -10,6 +10,7 @@ rule train:
         model=f"{RESULTS}/{{run}}/{{split}}/model.pt",
         losses=f"{RESULTS}/{{run}}/{{split}}/losses.csv",
         curves=f"{RESULTS}/{{run}}/{{split}}/losses.png",
+        validation=f"{RESULTS}/{{run}}/{{split}}/validation.csv",
     wildcard_constraints:
         run=RUN_PATTERN,
         split=SPLIT_PATTERN,

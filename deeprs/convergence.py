@@ -1,0 +1,90 @@
+"""The convergence criterion of a training run, read from its ``validation.csv``.
+
+A run has converged when the least-squares trend of its validation Dice over the last third
+of training changes the Dice by less than :data:`TOLERANCE_POINTS` over that third. A trend,
+not the difference of two measurements, so that one noisy measurement neither hides nor
+fakes a plateau; it needs :data:`MIN_POINTS` measurements in the last third
+(``train.validate_every`` at most a ninth of ``train.iterations``), else it is undecided.
+Torch-free: the report reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from deeprs.errors import DataError
+
+TOLERANCE_POINTS = 1.0
+"""Largest change of the validation Dice (in points, 0-100) over the last third that counts as flat."""
+
+LAST_PART = 3
+"""The criterion reads the last 1/LAST_PART of training."""
+MIN_POINTS = 3
+SIGNALS = {"s_dice": "S", "r_dice": "R"}
+"""Columns of ``validation.csv`` and the network each measures."""
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """One signal of one run: its last value and its trend over the last third (points)."""
+
+    signal: str
+    final: float
+    change: float
+
+    @property
+    def converged(self) -> bool | None:
+        """True/False, or None when too few measurements fall in the last third."""
+        if np.isnan(self.change):
+            return None
+        return bool(abs(self.change) < TOLERANCE_POINTS)
+
+
+def change_over_last_third(iterations: np.ndarray, dice: np.ndarray) -> float:
+    """The trend's change of Dice (points) over the last third of the recorded iterations."""
+    iterations = np.asarray(iterations, dtype=float)
+    dice = np.asarray(dice, dtype=float)
+    keep = ~np.isnan(dice)
+    iterations, dice = iterations[keep], dice[keep]
+    if iterations.size == 0:
+        return float("nan")
+    end = iterations.max()
+    start = end - end / LAST_PART
+    last = iterations >= start
+    if int(last.sum()) < MIN_POINTS:
+        return float("nan")
+    slope = np.polyfit(iterations[last], dice[last], 1)[0]
+    return float(slope * (end - start) * 100)
+
+
+def read_validation(path: Path) -> pd.DataFrame:
+    """A run's ``validation.csv``, checked for the columns the criterion reads."""
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as error:
+        raise DataError(
+            f"validation file '{path}' cannot be read ({error}); rerun its training"
+        ) from None
+    missing = {"iteration", *SIGNALS} - set(frame.columns)
+    if missing:
+        raise DataError(
+            f"validation file '{path}' lacks columns {sorted(missing)}; rerun its training"
+        )
+    return frame
+
+
+def assess(frame: pd.DataFrame) -> list[Convergence]:
+    """The criterion for every signal the run measured (S and/or R)."""
+    results = []
+    for column in SIGNALS:
+        values = frame[column].to_numpy(dtype=float)
+        if np.isnan(values).all():
+            continue
+        final = float(values[~np.isnan(values)][-1])
+        change = change_over_last_third(frame["iteration"].to_numpy(), values)
+        results.append(Convergence(column, final, change))
+    return results
