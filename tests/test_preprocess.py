@@ -354,14 +354,17 @@ def test_pipeline_writes_the_contract_and_affine_raises_overlap(registrar, cta, 
     assert (out / "mosaic.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("kind", ["rigid", "translation"])
+@pytest.mark.parametrize("kind", ["rigid", "similarity", "translation"])
 def test_rigid_and_translation_registrations_undo_a_known_motion(registrar, cta, kind) -> None:
-    """The fallbacks of a collapsed affine: a known rotation and shift (or shift) undone."""
+    """The fallbacks of a collapsed affine: a known rotation, isotropic scale and shift
+    (rigid: no scale; translation: shift only) undone."""
     fixed, fixed_label = cta
-    known = sitk.Euler3DTransform()
+    known = sitk.Similarity3DTransform()
     known.SetCenter(fixed.TransformContinuousIndexToPhysicalPoint([s / 2 for s in fixed.GetSize()]))
-    if kind == "rigid":
-        known.SetRotation(0.0, 0.0, float(np.deg2rad(8)))
+    if kind != "translation":
+        known.SetRotation((0.0, 0.0, 1.0), float(np.deg2rad(8)))
+    if kind == "similarity":
+        known.SetScale(1.08)
     known.SetTranslation((6.0, -5.0, 4.0))
     moving = resample_onto(fixed, fixed, known)
     result = registrar.register(fixed, moving, "cta", transform=kind)

@@ -18,7 +18,8 @@ from deeprs.preprocess.align import AffineFigures, Start, _absorb, _compose, def
 from deeprs.preprocess.cohort import check_cohort
 from deeprs.preprocess.crop import CropBox, box_corners
 from deeprs.preprocess.qc import consensus_label
-from deeprs.preprocess.space import slice_axis_warning, target_space
+from deeprs.preprocess.resample import resample_label
+from deeprs.preprocess.space import slice_axis_warning, target_space, turned_slice_axis
 
 LABELS = {"rv": 1, "myo": 2, "lv": 3}
 
@@ -72,6 +73,58 @@ def test_a_slice_axis_landing_in_plane_is_warned_about_in_one_line() -> None:
     assert message is not None and "\n" not in message
     assert message.startswith("case7: its 10.0 mm slice axis lands on the target's x axis")
     assert "target_shape[0] = 15" in message
+
+
+def test_a_stack_turned_on_its_side_is_told_apart_from_an_upright_or_upside_down_one() -> None:
+    reference = _image((100, 100, 10), (1.5, 1.5, 10.0))
+    space = target_space(reference, CropBox((0, 0, 0), (100, 100, 10)), (64, 64, 16))
+    stack = (1.5, 1.5, 10.0)
+    assert turned_slice_axis(space, stack, np.eye(3).ravel()) is None
+    upside_down = rotation_matrix((180, 0, 0)).ravel()
+    assert turned_slice_axis(space, stack, upside_down) is None
+    on_its_side = rotation_matrix((90, 0, 0)).ravel()  # the slice axis now points along y
+    assert turned_slice_axis(space, stack, on_its_side) == "y"
+    assert turned_slice_axis(space, (1.2, 1.2, 1.3), on_its_side) is None  # no slice axis
+    cube = target_space(reference, CropBox((0, 0, 0), (100, 100, 10)), (64, 64, 64))
+    assert turned_slice_axis(cube, stack, on_its_side) is None  # the grid has none either
+
+
+def test_label_resampling_keeps_a_thin_shell_of_thick_slices_unlike_nearest() -> None:
+    """Test (a) in small: a 3 mm shell around a ball on 10 mm slices, put on a training-like
+    grid directly and through 1.5 mm voxels turned 35 degrees. With per-structure linear
+    weights the two agree to Dice 0.95; with nearest neighbour, which moves every boundary
+    by up to half a source voxel at each resampling, they do not."""
+    thick = _image((60, 60, 12), (1.5, 1.5, 10.0), origin=(0.0, 0.0, 0.0))
+    z, y, x = np.meshgrid(
+        np.arange(12) * 10.0, np.arange(60) * 1.5, np.arange(60) * 1.5, indexing="ij"
+    )
+    radius = np.sqrt((x - 45) ** 2 + (y - 45) ** 2 + (z - 55) ** 2)
+    array = np.where(radius < 24, 3, 0) + np.where((radius >= 24) & (radius < 27), 2, 0)
+    label = sitk.GetImageFromArray(array.astype(np.uint8))
+    label.CopyInformation(thick)
+    fine = sitk.Image([70, 70, 90], sitk.sitkUInt8)
+    fine.SetSpacing((1.5, 1.5, 1.5))
+    turn = rotation_matrix((35, 0, 0))
+    fine.SetDirection(turn.ravel().tolist())
+    fine.SetOrigin((np.array([45.0, 45.0, 55.0]) - turn @ np.array([52.5, 52.5, 67.5])).tolist())
+    target = _image((40, 40, 16), (2.1, 2.1, 6.5), origin=(4.0, 4.0, 5.0))
+
+    def nearest(image: sitk.Image, grid: sitk.Image) -> sitk.Image:
+        return sitk.Resample(
+            image, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
+        )
+
+    def shell_dice(first: sitk.Image, second: sitk.Image) -> float:
+        a, b = sitk.GetArrayFromImage(first) == 2, sitk.GetArrayFromImage(second) == 2
+        return 2 * np.sum(a & b) / (np.sum(a) + np.sum(b))
+
+    linear = shell_dice(
+        resample_label(label, target), resample_label(resample_label(label, fine), target)
+    )
+    by_nearest = shell_dice(nearest(label, target), nearest(nearest(label, fine), target))
+    # Measured: 0.954 against 0.939 (the issue's bar of 0.95 met only with linear weights).
+    assert linear >= 0.95 > by_nearest, (linear, by_nearest)
+    assert set(np.unique(sitk.GetArrayFromImage(resample_label(label, fine)))) == {0, 2, 3}
 
 
 def test_affine_figures_flag_collapse_and_stretch() -> None:

@@ -32,6 +32,7 @@ from deeprs.preprocess.align import Start, default_starts
 from deeprs.preprocess.case import align_case
 from deeprs.preprocess.cohort import preprocess_cohort
 from deeprs.preprocess.plan import alignment_target, read_plan
+from deeprs.preprocess.resample import resample_label
 from deeprs.preprocess.settings import PreprocessSettings
 
 ACDC_LABELS = {"rv": 1, "myo": 2, "lv": 3}
@@ -87,9 +88,14 @@ def oblique_grid(
 
 
 def regrid(image: sitk.Image, grid: sitk.Image, is_label: bool) -> sitk.Image:
-    """``image`` resampled onto ``grid`` (no transform: the anatomy stays put)."""
-    interpolator = sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear
-    return sitk.Resample(image, grid, sitk.Transform(), interpolator, 0.0, image.GetPixelID())
+    """``image`` resampled onto ``grid`` (no transform: the anatomy stays put).
+
+    Labels as faithfully as the pipeline resamples them (linear one-hot, then the largest
+    weight): nearest neighbour would move each boundary by up to half a 10 mm slice.
+    """
+    if is_label:
+        return sitk.Cast(resample_label(image, grid), image.GetPixelID())
+    return sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, 0.0, image.GetPixelID())
 
 
 def permute_and_flip(image: sitk.Image) -> sitk.Image:
@@ -170,19 +176,18 @@ def test_acdc_on_a_permuted_flipped_grid_gives_the_same_output(acdc_on_other_gri
     assert min(scores) >= 0.95, (scores, rows[ACDC_PERMUTED]["starts_tried"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit (issue 18): on 10 mm ACDC slices regridded to oblique 1.5 mm grids "
-    "the affine settles 5.3 mm (grid corners) from the unchanged run's, MYO Dice 0.88-0.90; "
-    "the interpolation floor (same transform) is MYO 0.94",
-)
 def test_acdc_on_oblique_grids_gives_the_same_output(acdc_on_other_grids):
-    """(a) Oblique regridding of 10 mm slices: alignments within half a slice, Dice >= 0.95."""
+    """(a) Oblique regridding of 10 mm slices: alignments within a quarter of a slice (grid
+    corners), Dice >= 0.95 per structure to the unchanged run's output.
+
+    Measured 0.9-1.4 mm and MYO 0.960-0.961; before the moving image was built on the
+    training grid's axes 4.2-5.3 mm and MYO 0.88-0.90 (docs/methods.md)."""
     out, arrays, rows = acdc_on_other_grids
     for name in ACDC_OBLIQUE:
         apart = _largest_disagreement_mm(rows[name], rows[MOVING], out)
         scores = dice_per_structure(arrays[name], arrays[MOVING], 3)
-        assert apart < 5.0 and min(scores) >= 0.95, (name, apart, scores)
+        assert apart < 2.5 and min(scores) >= 0.95, (name, apart, scores)
+        assert not rows[name]["flags"], rows[name]["flags"]
 
 
 def test_cta_on_other_grids_gives_the_same_output(registrar, shared_data, tmp_path):
@@ -244,9 +249,9 @@ def test_rotated_headers_are_undone_and_a_wild_start_is_caught(
     current = {"case": ""}
     original = case_module.moving_context
 
-    def context(case, box, reference):
+    def context(case, *args, **kwargs):
         current["case"] = case.id
-        return original(case, box, reference)
+        return original(case, *args, **kwargs)
 
     monkeypatch.setattr(case_module, "moving_context", context)
     monkeypatch.setattr(case_module, "default_starts", starts_with_a_wild_one)

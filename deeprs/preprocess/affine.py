@@ -4,7 +4,7 @@ Images go to elastix with their real spacing, origin and direction, so the resul
 transform between physical points: it maps a point of the fixed image to the matching
 point of the moving image (elastix's convention). Converting it to an
 ``sitk.AffineTransform`` lets images and labels be resampled with SimpleITK (linear for
-images, nearest neighbour for labels) and lets tests check it against a known transform.
+images, linear one-hot for labels) and lets tests check it against a known transform.
 
 Creating the first elastix ``ParameterObject`` in a process costs 15-25 s, so one
 :class:`AffineRegistrar` is made per process and reused for every case. elastix writes its
@@ -89,7 +89,7 @@ def _final_metric(log_text: str) -> float:
 
 
 def _to_sitk_affine(settings: dict[str, tuple[str, ...]]) -> sitk.AffineTransform:
-    """elastix's affine, rigid (Euler) or translation map as the same ``sitk.AffineTransform``.
+    """elastix's affine, rigid (Euler), similarity or translation map as one ``sitk.AffineTransform``.
 
     Both use ``T(p) = A (p - c) + c + t``: affine parameters are ``A`` row-major, then
     ``t``; Euler parameters are the angles about x, y, z (ITK's default Z-X-Y order), then ``t``;
@@ -105,7 +105,15 @@ def _to_sitk_affine(settings: dict[str, tuple[str, ...]]) -> sitk.AffineTransfor
     if kind == "EulerTransform":
         euler = sitk.Euler3DTransform(center, *values[:3], values[3:6])
         return sitk.AffineTransform(euler.GetMatrix(), euler.GetTranslation(), center)
-    raise DataError(f"elastix returned a '{kind}', expected an affine, rigid or translation")
+    if kind == "SimilarityTransform":
+        # ITK's Similarity3DTransform: versor (3), translation (3), isotropic scale.
+        similar = sitk.Similarity3DTransform()
+        similar.SetCenter(center)
+        similar.SetParameters(values[:7])
+        return sitk.AffineTransform(similar.GetMatrix(), similar.GetTranslation(), center)
+    raise DataError(
+        f"elastix returned a '{kind}', expected an affine, rigid, similarity or translation"
+    )
 
 
 class AffineRegistrar:
@@ -147,7 +155,11 @@ class AffineRegistrar:
         transform: str,
     ) -> object:
         parameters = self._itk.ParameterObject.New()
-        settings = parameters.GetDefaultParameterMap(transform, resolutions)
+        # elastix has no default "similarity" map: the rigid one with its transform swapped.
+        default = "rigid" if transform == "similarity" else transform
+        settings = parameters.GetDefaultParameterMap(default, resolutions)
+        if transform == "similarity":
+            settings["Transform"] = ["SimilarityTransform"]
         settings["MaximumNumberOfIterations"] = [str(iterations)]
         settings["FixedImagePyramidSchedule"] = smoothing_schedule(fixed.GetSpacing(), resolutions)
         settings["MovingImagePyramidSchedule"] = smoothing_schedule(
@@ -168,7 +180,8 @@ class AffineRegistrar:
         iterations: int | None = None,
         transform: str = "affine",
     ) -> AffineResult:
-        """The ``transform`` ("affine", "rigid" or "translation") taking ``fixed``'s physical points onto ``moving``'s.
+        """The ``transform`` ("affine", "rigid", "similarity" or "translation") taking ``fixed``'s
+        physical points onto ``moving``'s.
 
         elastix starts from the identity (see :mod:`deeprs.preprocess.align` for starts);
         ``resolutions`` and ``iterations`` override the registrar's defaults for one call.

@@ -8,8 +8,10 @@ only" baseline that QC compares with the alignment in the same physical frame.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,24 +27,34 @@ from deeprs.preprocess.align import (
     default_starts,
     turned_starts,
 )
-from deeprs.preprocess.crop import CropBox, box_corners, clip_box, crop, expand_box, label_box
+from deeprs.preprocess.crop import (
+    CropBox,
+    box_corners,
+    clip_box,
+    crop,
+    enclosing_box,
+    label_box,
+)
 from deeprs.preprocess.plan import AlignmentTarget
 from deeprs.preprocess.reference import Reference, carry_box, working_spacing
 from deeprs.preprocess.resample import (
-    box_grid_at_spacing,
     resample_onto,
     scale_intensities,
 )
 from deeprs.preprocess.settings import PreprocessSettings
-from deeprs.preprocess.space import slice_axis_warning
+from deeprs.preprocess.space import TargetSpace, slice_axis_warning, turned_slice_axis
 
 log = logging.getLogger(__name__)
 
-# The moving image of the fine alignment is its heart box grown by this fraction per side,
-# padded with background where that leaves the scan. elastix ignores samples that map
+# The moving image of the fine alignment is the heart's extent grown by this fraction per
+# side, padded with background where that leaves the scan. elastix ignores samples that map
 # outside the moving image, so with a tight box (or a short stack of thick MRI slices) the
 # optimiser gains by shrinking the reference into it; padding makes that cost something.
 MOVING_CONTEXT = 0.5
+# The scan is smoothed (anti-aliased) along an axis before resampling onto the moving
+# context only when the context's spacing is this many times coarser: below it the elastix
+# pyramid's own smoothing suffices, and smoothing would treat a scan differently by grid.
+ANTI_ALIAS_RATIO = 1.5
 
 
 @dataclass
@@ -84,12 +96,110 @@ def crop_only_transform(reference_corners: np.ndarray, case_corners: np.ndarray)
     return sitk.TranslationTransform(3, [float(v) for v in shift])
 
 
-def moving_context(case: Case, box: CropBox, grid: sitk.Image) -> sitk.Image:
-    """The case's heart box grown by :data:`MOVING_CONTEXT`, padded, at the working spacing."""
-    context_box = expand_box(box, MOVING_CONTEXT)
-    context = box_grid_at_spacing(case.image, context_box, working_spacing(grid))
-    inside = crop(case.image, clip_box(case.image, context_box))
-    return resample_onto(resample_to_spacing(inside, context.GetSpacing()), context)
+def heart_extent(
+    case: Case,
+    box: CropBox,
+    axes: np.ndarray,
+    margin_mm: float,
+    corners_mm: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The heart's extent (mm) along the columns of ``axes``, whatever the case's grid.
+
+    A labelled case: every labelled voxel's full extent, plus ``margin_mm``. An unlabelled
+    one: ``corners_mm`` (the reference's box carried into it, margin included), else the
+    corners of its ``box``. A box of the case's own voxels would not do: on an oblique grid
+    it encloses the turned heart, so the same anatomy would get another moving image.
+    """
+    if case.label is not None:
+        index = np.argwhere(sitk.GetArrayViewFromImage(case.label) > 0)[:, ::-1]
+        steps = np.reshape(case.label.GetDirection(), (3, 3)) * np.asarray(case.label.GetSpacing())
+        along = (np.asarray(case.label.GetOrigin()) + index @ steps.T) @ axes
+        half = 0.5 * np.abs(axes.T @ steps).sum(axis=1) + margin_mm
+        return along.min(axis=0) - half, along.max(axis=0) + half
+    points = box_corners(case.image, box) if corners_mm is None else np.asarray(corners_mm)
+    along = points @ axes
+    return along.min(axis=0), along.max(axis=0)
+
+
+def moving_context(
+    case: Case,
+    box: CropBox,
+    grid: sitk.Image,
+    margin_mm: float,
+    corners_mm: np.ndarray | None = None,
+    turn: np.ndarray | None = None,
+) -> sitk.Image:
+    """The moving image of the fine alignment: the heart's extent (:func:`heart_extent`)
+    grown by :data:`MOVING_CONTEXT`, at the working spacing, on the training grid's axes
+    turned by ``turn`` (a start's rotation: the reference grid as that start carries it
+    into the case), padded with background outside the scan.
+
+    Defined physically, so the same anatomy on another voxel grid (oblique, permuted)
+    gives the same moving image: on a case's own axes, an ACDC case regridded to oblique
+    1.5 mm voxels aligned 4.2-5.3 mm (grid corners) from the unchanged case, on these
+    axes 0.9-1.4 mm. Turned with the start: a header turned 40 degrees about two axes
+    aligned wrongly (determinant 0.45) on unturned axes (docs/methods.md).
+    """
+    axes = (np.eye(3) if turn is None else turn) @ np.reshape(grid.GetDirection(), (3, 3))
+    low, high = heart_extent(case, box, axes, margin_mm, corners_mm)
+    grow = MOVING_CONTEXT * (high - low)
+    low, high = low - grow, high + grow
+    spacing = float(min(working_spacing(grid)))
+    shape = np.maximum(np.round((high - low) / spacing), 2).astype(int)
+    step = (high - low) / shape
+    context = sitk.Image([int(v) for v in shape], sitk.sitkUInt8)
+    context.SetSpacing([float(v) for v in step])
+    context.SetDirection([float(v) for v in axes.ravel()])
+    context.SetOrigin([float(v) for v in axes @ (low + step / 2)])
+    # Only the part of the scan under the context (one voxel more for interpolation).
+    corners = [
+        [float(v) for v in axes @ np.where(pick, high, low)]
+        for pick in itertools.product((False, True), repeat=3)
+    ]
+    inside = enclosing_box(case.image, np.asarray(corners))
+    grown = CropBox(
+        tuple(int(v) - 1 for v in inside.start),  # type: ignore[arg-type]
+        tuple(int(v) + 2 for v in inside.size),  # type: ignore[arg-type]
+    )
+    scan = crop(case.image, clip_box(case.image, grown))
+    own = np.asarray(scan.GetSpacing())
+    anti_alias = np.where(step > ANTI_ALIAS_RATIO * own, step, own)
+    return resample_onto(resample_to_spacing(scan, anti_alias), context)
+
+
+def slice_axis_check(
+    space: TargetSpace, image: sitk.Image
+) -> Callable[[sitk.AffineTransform], bool]:
+    """Whether a map from grid to case points keeps the case's slice axis on the grid's
+    (see :func:`~deeprs.preprocess.space.turned_slice_axis`)."""
+    direction = np.reshape(image.GetDirection(), (3, 3))
+
+    def keeps(transform: sitk.AffineTransform) -> bool:
+        case_axes = np.linalg.solve(np.reshape(transform.GetMatrix(), (3, 3)), direction)
+        return turned_slice_axis(space, image.GetSpacing(), case_axes.ravel()) is None
+
+    return keeps
+
+
+class ContextViews:
+    """:func:`moving_context` of one case per start rotation, each built once."""
+
+    def __init__(
+        self,
+        case: Case,
+        box: CropBox,
+        grid: sitk.Image,
+        margin_mm: float,
+        corners_mm: np.ndarray | None,
+    ) -> None:
+        self._arguments = (case, box, grid, margin_mm, corners_mm)
+        self._built: dict[bytes, sitk.Image] = {}
+
+    def __call__(self, turn: np.ndarray) -> sitk.Image:
+        key = np.round(np.asarray(turn, float), 6).tobytes()
+        if key not in self._built:
+            self._built[key] = moving_context(*self._arguments, turn=turn)
+        return self._built[key]
 
 
 def _scaled(image: sitk.Image, settings: PreprocessSettings, case_id: str) -> np.ndarray:
@@ -128,11 +238,25 @@ def process_case(
         )
         source = f"carried from {reference.case.id}"
     if not is_reference:
-        moving = moving_context(case, box, reference.grid)
+        carried = (
+            np.array([carry.transform.TransformPoint(list(c)) for c in reference.corners])
+            if carry
+            else None
+        )
+        views = ContextViews(case, box, reference.grid, settings.crop_margin_mm, carried)
+        moving = views(np.eye(3))
         starts = default_starts(reference.cropped, moving, reference.case.scan_axes, case.scan_axes)
         if more_starts:
             starts = turned_starts(starts, box_centre(reference.cropped))
-        alignment = align(registrar, reference.cropped, moving, case.id, starts)
+        alignment = align(
+            registrar,
+            reference.cropped,
+            moving,
+            case.id,
+            starts,
+            view=views,
+            keeps_slice_axis=slice_axis_check(reference.space, case.image),
+        )
         elastix_log.add_all(alignment.logs)
     grid = reference.grid
     transform = alignment.transform if alignment else sitk.AffineTransform(3)
@@ -213,9 +337,23 @@ def align_case(
     else:
         box, carry = carry_box(registrar, target, case, elastix_log)
         source = f"carried from {target.reference_id}"
-    moving = moving_context(case, box, target.grid)
+    carried = (
+        np.array([carry.transform.TransformPoint(list(c)) for c in target.box_corners_mm])
+        if carry
+        else None
+    )
+    views = ContextViews(case, box, target.grid, crop_margin_mm, carried)
+    moving = views(np.eye(3))
     starts = default_starts(target.cropped, moving, None, case.scan_axes)
-    alignment = align(registrar, target.cropped, moving, case.id, starts)
+    alignment = align(
+        registrar,
+        target.cropped,
+        moving,
+        case.id,
+        starts,
+        view=views,
+        keeps_slice_axis=slice_axis_check(TargetSpace.from_grid(target.grid), case.image),
+    )
     elastix_log.add_all(alignment.logs)
     return CaseAlignment(
         box,

@@ -93,15 +93,6 @@ def enclosing_box(image: sitk.Image, points: np.ndarray) -> CropBox:
     return _clip_box(indices.min(axis=0) + 0.5, indices.max(axis=0) - 0.5, image)
 
 
-def expand_box(box: CropBox, fraction: float) -> CropBox:
-    """``box`` grown by ``fraction`` of its size on every side (it may leave the image)."""
-    grow = np.ceil(np.asarray(box.size) * fraction).astype(int)
-    return CropBox(
-        start=tuple(int(v) for v in np.asarray(box.start) - grow),  # type: ignore[arg-type]
-        size=tuple(int(v) for v in np.asarray(box.size) + 2 * grow),  # type: ignore[arg-type]
-    )
-
-
 def clip_box(image: sitk.Image, box: CropBox) -> CropBox:
     """The part of ``box`` inside ``image``."""
     return _clip_box(np.asarray(box.start), np.asarray(box.stop) - 1, image)

@@ -31,15 +31,6 @@ def box_grid(image: sitk.Image, box: CropBox, target_shape_xyz: Sequence[int]) -
     return grid
 
 
-def box_grid_at_spacing(
-    image: sitk.Image, box: CropBox, spacing_xyz: Sequence[float]
-) -> sitk.Image:
-    """A grid over ``box`` of ``image`` whose voxels are about ``spacing_xyz`` (never finer than the image)."""
-    spacing = np.maximum(np.asarray(spacing_xyz, dtype=float), image.GetSpacing())
-    extent = np.asarray(box.size) * np.asarray(image.GetSpacing())
-    return box_grid(image, box, np.maximum(np.round(extent / spacing), 2).astype(int))
-
-
 def resample_onto(
     image: sitk.Image,
     grid: sitk.Image,
@@ -50,21 +41,50 @@ def resample_onto(
     """``image`` sampled at ``grid``'s voxels (mapped through ``transform`` if given).
 
     Images are interpolated linearly and filled with their minimum outside the field of
-    view (air in CT, background in MRI); labels use nearest neighbour and fill with 0.
+    view (air in CT, background in MRI); labels go through :func:`resample_label` (0 outside).
     """
+    transform = transform if transform is not None else sitk.Transform()
     if is_label:
-        interpolator, fill, pixel = sitk.sitkNearestNeighbor, 0.0, sitk.sitkUInt8
+        return resample_label(image, grid, transform)
+    fill = float(sitk.GetArrayViewFromImage(image).min())
+    return sitk.Resample(image, grid, transform, sitk.sitkLinear, fill, sitk.sitkFloat32)
+
+
+def resample_label(
+    label: sitk.Image, grid: sitk.Image, transform: sitk.Transform | None = None
+) -> sitk.Image:
+    """A class map (uint8) on ``grid``: each structure's mask interpolated linearly, then
+    per voxel the class with the largest weight (background wins ties; 0 outside the label).
+
+    Nearest neighbour moves every boundary by up to half a source voxel, which on 5-10 mm
+    slices is most of a thin myocardium: an ACDC case regridded to oblique 1.5 mm voxels and
+    brought back through the same transform kept MYO Dice 0.94 with nearest neighbour
+    (docs/methods.md, "Affine alignment"). Linear one-hot interpolation (as nnU-Net
+    resamples segmentations) puts boundaries where the structure's fraction is one half.
+    """
+    transform = transform if transform is not None else sitk.Transform()
+    classes = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(label)) if v != 0]
+    weights = []
+    for cls in classes:
+        mask = sitk.Cast(sitk.Equal(label, cls), sitk.sitkFloat32)
+        weights.append(
+            sitk.GetArrayFromImage(
+                sitk.Resample(mask, grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            )
+        )
+    shape = sitk.GetArrayViewFromImage(grid).shape
+    if not weights:
+        array = np.zeros(shape, np.uint8)
     else:
-        interpolator, pixel = sitk.sitkLinear, sitk.sitkFloat32
-        fill = float(sitk.GetArrayViewFromImage(image).min())
-    return sitk.Resample(
-        image,
-        grid,
-        transform if transform is not None else sitk.Transform(),
-        interpolator,
-        fill,
-        pixel,
-    )
+        stacked = np.stack(weights)
+        background = 1.0 - stacked.sum(axis=0)
+        best = np.argmax(stacked, axis=0)
+        winner = np.take_along_axis(stacked, best[None], axis=0)[0]
+        lookup = np.asarray(classes, np.uint8)
+        array = np.where(winner > background, lookup[best], 0).astype(np.uint8)
+    result = sitk.GetImageFromArray(array)
+    result.CopyInformation(grid)
+    return result
 
 
 def scale_intensities(

@@ -55,6 +55,15 @@ class TargetSpace:
         }
 
     @classmethod
+    def from_grid(cls, grid: sitk.Image) -> TargetSpace:
+        return cls(
+            tuple(float(v) for v in grid.GetOrigin()),  # type: ignore[arg-type]
+            tuple(float(v) for v in grid.GetSpacing()),  # type: ignore[arg-type]
+            tuple(float(v) for v in grid.GetDirection()),
+            tuple(int(v) for v in grid.GetSize()),  # type: ignore[arg-type]
+        )
+
+    @classmethod
     def from_json(cls, data: dict[str, Any]) -> TargetSpace:
         return cls(
             tuple(float(v) for v in data["origin_xyz"]),  # type: ignore[arg-type]
@@ -124,3 +133,24 @@ def slice_axis_warning(
         f"at {target:.2f} mm ({spacing[thick] / target:.1f}x finer than acquired); "
         f"target_shape[{nearest}] = {keep} would keep the acquired spacing"
     )
+
+
+def turned_slice_axis(
+    space: TargetSpace, spacing_xyz: Sequence[float], direction: Sequence[float]
+) -> str | None:
+    """The grid axis ("x" or "y") that a stack's slice axis lands on when the grid has its
+    own slice axis on z and the stack was turned on its side by its alignment; else None.
+
+    A short stack of thick slices turned on its side is anatomically wrong whatever its
+    similarity (ACDC: quarter turns scored a higher similarity than the upright stack for
+    13 of 18 cases without a plausible affine, at Dice 0.05-0.27 to the reference).
+    """
+    spacing = np.asarray(spacing_xyz, dtype=float)
+    grid_spacing = np.asarray(space.spacing_xyz, dtype=float)
+    if slice_axis_last(spacing) == (0, 1, 2) and spacing[2] < SLICE_AXIS_RATIO * spacing[:2].max():
+        return None
+    if grid_spacing[2] < SLICE_AXIS_RATIO * grid_spacing[:2].max():
+        return None
+    thick = np.reshape(direction, (3, 3))[:, int(np.argmax(spacing))]
+    nearest = int(np.argmax(np.abs(np.reshape(space.direction, (3, 3)).T @ thick)))
+    return None if nearest == 2 else "xyz"[nearest]
