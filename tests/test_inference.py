@@ -22,9 +22,10 @@ import torch
 
 from deeprs.cli import main
 from deeprs.data.cases import load_split
-from deeprs.data.ingest import label_to_classes
+from deeprs.data.ingest import canonical, label_to_classes
 from deeprs.inference.bundle import load_bundle
 from deeprs.inference.networks import displacements, volume_tensor, warp_label
+from deeprs.inference.predict import grid_probabilities
 from deeprs.inference.register import (
     AFFINE_FILE,
     FIELD_FILE,
@@ -32,8 +33,9 @@ from deeprs.inference.register import (
     register_images,
     write_registration,
 )
-from deeprs.inference.space import Aligner
+from deeprs.inference.space import AlignedImage, Aligner
 from deeprs.nets.padding import crop_to_shape
+from deeprs.preprocess.crop import label_box
 from deeprs.preprocess.resample import resample_onto
 
 LABELS = {"myo": 205, "la": 420, "lv": 500, "ra": 550, "rv": 600, "aa": 820, "pa": 850}
@@ -76,6 +78,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths["metrics"] = root / "metrics.csv"
     paths["test_cases"] = Path(",".join(load_split(split).test))
     pre.rename(root / "preprocessed_moved_away")
+    paths["preprocessed"] = root / "preprocessed_moved_away"  # only as expected values
     return paths
 
 
@@ -96,16 +99,37 @@ def mean_dice(predicted: np.ndarray, expected: np.ndarray, values: list[int]) ->
     return float(np.nanmean(scores))
 
 
-def test_native_prediction_scores_as_evaluate_reports(study, tmp_path: Path) -> None:
-    """Every test case, predicted on its own grid, close to what ``deeprs evaluate`` reports.
+def grid_dice(bundle_path: Path, aligned: AlignedImage, truth: sitk.Image) -> float:
+    """S's prediction on ``aligned``'s grid against the true label resampled onto that grid
+    through the same affine, as preprocessing resamples a labelled case's label."""
+    bundle = load_bundle(bundle_path)
+    probabilities = grid_probabilities([bundle], aligned, CPU, True)
+    classes = canonical(label_to_classes(truth, LABELS, Path("truth")))
+    expected = resample_onto(classes, aligned.target.grid, aligned.affine, is_label=True)
+    values = list(range(1, len(LABELS) + 1))
+    return mean_dice(probabilities.argmax(axis=0), sitk.GetArrayFromImage(expected), values)
 
-    The issue asks for 1 Dice point. Two things differ between the two by construction:
-    evaluation crops a labelled test case by its own label's box and scores on the training
-    grid, while prediction carries the box from the reference through the alignment and
-    scores on the native grid. Since the multi-start alignment (issue 18), one of the three
-    cases differs by 1.2 points (0.666 against 0.654); the bound is 1.5 points until that
-    gap is closed.
+
+def test_native_prediction_scores_as_evaluate_reports(study, tmp_path: Path, monkeypatch) -> None:
+    """Every test case predicted on its own grid scores as ``deeprs evaluate`` reports it.
+
+    Evaluation crops a labelled test case by its own label's box plus the crop margin and
+    scores on the training grid. Prediction's second pass crops by that rule applied to its
+    first pass's label map; scored on the grid it segmented on, it is within 1 Dice point
+    of evaluate. On the native grid the score also moves with the change of scoring grid:
+    this fixture's grid is 4.1x4.0x9.4 mm over 4x4x6 mm images, and the true label alone,
+    carried onto the grid and back, keeps only 0.91-0.93 Dice. So the native bound is
+    1.5 points (measured: 1.1, 0.5 and 0.5), not the 1 point the issue hoped for.
     """
+    calls: list[tuple[sitk.Image | None, AlignedImage]] = []
+    align_image = Aligner.align_image
+
+    def spy(self, path, native, heart_label=None):  # type: ignore[no-untyped-def]
+        aligned = align_image(self, path, native, heart_label)
+        calls.append((heart_label, aligned))
+        return aligned
+
+    monkeypatch.setattr(Aligner, "align_image", spy)
     cases = str(study["test_cases"]).split(",")
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -113,27 +137,57 @@ def test_native_prediction_scores_as_evaluate_reports(study, tmp_path: Path) -> 
         shutil.copy(raw_image(study, case), inputs)
     run_deeprs("predict", inputs, "--bundle", study["unet3d"], "--out", tmp_path / "out",
                "--device", "cpu", "--probabilities")  # fmt: skip
+    assert len(calls) == 2 * len(cases), "two passes per image"
+    margin = load_bundle(study["unet3d"]).plan["crop_margin_mm"]
     evaluated = pd.read_csv(study["metrics"]).groupby("sample")["dice"].mean()
-    for case in cases:
+    scores = {}
+    for case, first, second in zip(cases, calls[::2], calls[1::2], strict=True):
+        assert first[0] is None and first[1].box_source.startswith("carried from")
+        heart_label, aligned = second
+        assert heart_label is not None and aligned.box_source == "label"
+        assert aligned.box == label_box(canonical(heart_label), margin, case)
         source = sitk.ReadImage(str(raw_image(study, case)))
         predicted = sitk.ReadImage(str(tmp_path / "out" / f"{case}_image.nii.gz"))
         assert predicted.GetSize() == source.GetSize()
         assert predicted.GetSpacing() == source.GetSpacing()
         assert predicted.GetOrigin() == source.GetOrigin()
         assert predicted.GetDirection() == source.GetDirection()
+        truth = raw_label(study, case)
         native = mean_dice(
-            sitk.GetArrayFromImage(predicted),
-            sitk.GetArrayFromImage(raw_label(study, case)),
-            list(LABELS.values()),
+            sitk.GetArrayFromImage(predicted), sitk.GetArrayFromImage(truth), list(LABELS.values())
         )
         assert evaluated[case] > 0.5, "the fixture's U-Net should have learnt"
-        assert native == pytest.approx(evaluated[case], abs=0.015), case
+        scores[case] = (grid_dice(study["unet3d"], aligned, truth), native, float(evaluated[case]))
         probabilities = sitk.ReadImage(str(tmp_path / "out" / f"{case}_image_probabilities.nii.gz"))
         values = sitk.GetArrayFromImage(probabilities)
         assert values.shape[-1] == len(LABELS) + 1
         np.testing.assert_allclose(values.sum(axis=-1), 1.0, atol=1e-5)
         classes = label_to_classes(predicted, LABELS, Path(case))
         np.testing.assert_array_equal(values.argmax(axis=-1), sitk.GetArrayFromImage(classes))
+    table = "; ".join(
+        f"{case}: grid {g:.4f}, native {n:.4f}, evaluate {e:.4f}"
+        for case, (g, n, e) in scores.items()
+    )
+    assert all(abs(g - e) <= 0.01 for g, _, e in scores.values()), table
+    assert all(abs(n - e) <= 0.015 for _, n, e in scores.values()), table
+
+
+def test_given_a_label_prediction_crops_and_aligns_as_preprocessing(study) -> None:
+    """The second pass's rule: a label map's box plus the margin, then preprocessing's own
+    alignment. Given a test case's true label, the box is the one preprocessing recorded
+    for it and the grid image is the very array evaluation segments."""
+    aligner = Aligner(load_bundle(study["unet3d"]).plan)
+    boxes = json.loads((study["preprocessed"] / "crop_boxes.json").read_text())["boxes"]
+    case = str(study["test_cases"]).split(",")[0]
+    path = raw_image(study, case)
+    aligned = aligner.align_image(path, sitk.ReadImage(str(path)), raw_label(study, case))
+    assert aligned.box_source == "label"
+    assert list(aligned.box.start) == boxes[case]["start_xyz"]
+    assert list(aligned.box.size) == boxes[case]["size_xyz"]
+    evaluated = np.load(study["preprocessed"] / "images" / f"{case}.npy")
+    np.testing.assert_array_equal(aligned.array, evaluated)
+    carried = aligner.align(path)
+    assert carried.box != aligned.box, "without a label the box is carried, not the label's"
 
 
 def test_a_permuted_and_flipped_copy_gets_the_same_physical_segmentation(
