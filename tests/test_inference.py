@@ -25,7 +25,7 @@ from deeprs.data.cases import load_split
 from deeprs.data.ingest import canonical, label_to_classes
 from deeprs.inference.bundle import load_bundle
 from deeprs.inference.networks import displacements, volume_tensor, warp_label
-from deeprs.inference.predict import grid_probabilities
+from deeprs.inference.predict import Predictor, grid_probabilities
 from deeprs.inference.register import (
     AFFINE_FILE,
     FIELD_FILE,
@@ -456,3 +456,34 @@ def test_workflow_plans_bundles_and_predictions_for_the_predict_key(tmp_path: Pa
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))
     refused = subprocess.run(command, capture_output=True, text=True, check=False)
     assert refused.returncode != 0 and "predict.method" in refused.stderr
+
+
+def test_a_first_pass_without_heart_keeps_the_carried_box_with_a_warning(study, caplog) -> None:
+    """A first pass that finds no foreground has no box to give: one warning, one pass."""
+
+    class Background(torch.nn.Module):
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            logits = torch.zeros(images.shape[0], len(LABELS) + 1, *images.shape[2:])
+            logits[:, 0] = 10.0
+            return logits
+
+    bundle = load_bundle(study["unet3d"])
+    bundle.model.networks["segmentation"] = Background()
+    predictor = Predictor([bundle], CPU, True)
+    aligner = predictor.groups[0][0]
+    calls = []
+
+    def counted(*args):  # type: ignore[no-untyped-def]
+        calls.append(args)
+        return Aligner.align_image(aligner, *args)
+
+    aligner.align_image = counted  # type: ignore[method-assign]
+    case = str(study["test_cases"]).split(",")[0]
+    with caplog.at_level("WARNING"):
+        _, probabilities = predictor.probabilities(raw_image(study, case))
+    assert len(calls) == 1
+    assert [r.message for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{raw_image(study, case)}: the first pass found no heart, so its box carried from "
+        "the reference is kept (no second pass)"
+    ]
+    assert np.all(probabilities.values.argmax(axis=0) == 0)
