@@ -22,9 +22,10 @@ import torch
 
 from deeprs.cli import main
 from deeprs.data.cases import load_split
-from deeprs.data.ingest import label_to_classes
+from deeprs.data.ingest import canonical, label_to_classes
 from deeprs.inference.bundle import load_bundle
 from deeprs.inference.networks import displacements, volume_tensor, warp_label
+from deeprs.inference.predict import Predictor, grid_probabilities
 from deeprs.inference.register import (
     AFFINE_FILE,
     FIELD_FILE,
@@ -32,9 +33,16 @@ from deeprs.inference.register import (
     register_images,
     write_registration,
 )
-from deeprs.inference.space import Aligner
+from deeprs.inference.space import (
+    AlignedImage,
+    Aligner,
+    native_label_map,
+    probabilities_to_native,
+)
 from deeprs.nets.padding import crop_to_shape
-from deeprs.preprocess.resample import resample_onto
+from deeprs.preprocess.crop import CropBox, label_box
+from deeprs.preprocess.plan import AlignmentTarget
+from deeprs.preprocess.resample import box_grid, resample_onto
 
 LABELS = {"myo": 205, "la": 420, "lv": 500, "ra": 550, "rv": 600, "aa": 820, "pa": 850}
 LABEL_ARGS = [f"{name}={value}" for name, value in LABELS.items()]
@@ -76,7 +84,14 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths["metrics"] = root / "metrics.csv"
     paths["test_cases"] = Path(",".join(load_split(split).test))
     pre.rename(root / "preprocessed_moved_away")
+    paths["preprocessed"] = root / "preprocessed_moved_away"  # only as expected values
     return paths
+
+
+@pytest.fixture(scope="module")
+def label_aligner(study: dict[str, Path]) -> Aligner:
+    """One aligner (one elastix start) for the tests that align a case by its true label."""
+    return Aligner(load_bundle(study["unet3d"]).plan)
 
 
 def raw_image(study: dict[str, Path], case: str) -> Path:
@@ -96,16 +111,45 @@ def mean_dice(predicted: np.ndarray, expected: np.ndarray, values: list[int]) ->
     return float(np.nanmean(scores))
 
 
-def test_native_prediction_scores_as_evaluate_reports(study, tmp_path: Path) -> None:
-    """Every test case, predicted on its own grid, close to what ``deeprs evaluate`` reports.
+def grid_dice(bundle_path: Path, aligned: AlignedImage, truth: sitk.Image) -> float:
+    """S's prediction on ``aligned``'s grid against the true label resampled onto that grid
+    through the same affine, as preprocessing resamples a labelled case's label."""
+    bundle = load_bundle(bundle_path)
+    probabilities = grid_probabilities([bundle], aligned, CPU, True)
+    classes = canonical(label_to_classes(truth, LABELS, Path("truth")))
+    expected = resample_onto(classes, aligned.target.grid, aligned.affine, is_label=True)
+    values = list(range(1, len(LABELS) + 1))
+    return mean_dice(probabilities.argmax(axis=0), sitk.GetArrayFromImage(expected), values)
 
-    The issue asks for 1 Dice point. Two things differ between the two by construction:
-    evaluation crops a labelled test case by its own label's box and scores on the training
-    grid, while prediction carries the box from the reference through the alignment and
-    scores on the native grid. Since the multi-start alignment (issue 18), one of the three
-    cases differs by 1.2 points (0.666 against 0.654); the bound is 1.5 points until that
-    gap is closed.
+
+def test_native_prediction_scores_as_evaluate_reports(study, tmp_path: Path, monkeypatch) -> None:
+    """Every test case predicted on its own grid scores as ``deeprs evaluate`` reports it.
+
+    Evaluation crops a labelled test case by its own label's box plus the crop margin and
+    scores on the training grid. Prediction's second pass crops by that rule applied to its
+    first pass's label map; scored on the grid it segmented on, it is within 1 Dice point
+    of evaluate (measured 0.11, 0.07 and 0.40 points).
+
+    Against the native label the bound is 1.5 points (measured +1.15, -0.50 and +0.52),
+    not 1: the two scores differ by more than prediction. Evaluate's truth is the label
+    resampled onto the grid by nearest neighbour, which keeps only 0.91-0.92 Dice of the
+    native truth on this fixture (``test_the_true_labels_round_trip_through_the_fixture_grid``;
+    it is exact on a grid of the image's own voxels, so there is no offset). That loss
+    lowers evaluate's score. On this grid, coarser than the images in z, the difference
+    happens to be small. On a grid matching the images (phantom 64x64x24 at 4.125x4x10 mm,
+    grid 32x32x14, the same spacing) the round trip keeps 0.94-0.97 and native Dice lies
+    1.6-3.4 points above evaluate (grid Dice still within 0.1); on a grid finer than the
+    images (48x48x32) it lies 3-4 points above.
     """
+    calls: list[tuple[sitk.Image | None, AlignedImage]] = []
+    align_image = Aligner.align_image
+
+    def spy(self, path, native, heart_label=None):  # type: ignore[no-untyped-def]
+        aligned = align_image(self, path, native, heart_label)
+        calls.append((heart_label, aligned))
+        return aligned
+
+    monkeypatch.setattr(Aligner, "align_image", spy)
     cases = str(study["test_cases"]).split(",")
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -113,27 +157,143 @@ def test_native_prediction_scores_as_evaluate_reports(study, tmp_path: Path) -> 
         shutil.copy(raw_image(study, case), inputs)
     run_deeprs("predict", inputs, "--bundle", study["unet3d"], "--out", tmp_path / "out",
                "--device", "cpu", "--probabilities")  # fmt: skip
+    assert len(calls) == 2 * len(cases), "two passes per image"
+    margin = load_bundle(study["unet3d"]).plan["crop_margin_mm"]
     evaluated = pd.read_csv(study["metrics"]).groupby("sample")["dice"].mean()
-    for case in cases:
+    scores = {}
+    for case, first, second in zip(cases, calls[::2], calls[1::2], strict=True):
+        assert first[0] is None and first[1].box_source.startswith("carried from")
+        heart_label, aligned = second
+        assert heart_label is not None and aligned.box_source == "label"
+        assert aligned.box == label_box(canonical(heart_label), margin, case)
         source = sitk.ReadImage(str(raw_image(study, case)))
         predicted = sitk.ReadImage(str(tmp_path / "out" / f"{case}_image.nii.gz"))
         assert predicted.GetSize() == source.GetSize()
         assert predicted.GetSpacing() == source.GetSpacing()
         assert predicted.GetOrigin() == source.GetOrigin()
         assert predicted.GetDirection() == source.GetDirection()
+        truth = raw_label(study, case)
         native = mean_dice(
-            sitk.GetArrayFromImage(predicted),
-            sitk.GetArrayFromImage(raw_label(study, case)),
-            list(LABELS.values()),
+            sitk.GetArrayFromImage(predicted), sitk.GetArrayFromImage(truth), list(LABELS.values())
         )
         assert evaluated[case] > 0.5, "the fixture's U-Net should have learnt"
-        assert native == pytest.approx(evaluated[case], abs=0.015), case
+        scores[case] = (grid_dice(study["unet3d"], aligned, truth), native, float(evaluated[case]))
         probabilities = sitk.ReadImage(str(tmp_path / "out" / f"{case}_image_probabilities.nii.gz"))
         values = sitk.GetArrayFromImage(probabilities)
         assert values.shape[-1] == len(LABELS) + 1
         np.testing.assert_allclose(values.sum(axis=-1), 1.0, atol=1e-5)
         classes = label_to_classes(predicted, LABELS, Path(case))
         np.testing.assert_array_equal(values.argmax(axis=-1), sitk.GetArrayFromImage(classes))
+    table = "; ".join(
+        f"{case}: grid {g:.4f}, native {n:.4f}, evaluate {e:.4f}"
+        for case, (g, n, e) in scores.items()
+    )
+    assert all(abs(g - e) <= 0.01 for g, _, e in scores.values()), table
+    assert all(abs(n - e) <= 0.015 for _, n, e in scores.values()), table
+
+
+def test_given_a_label_prediction_crops_and_aligns_as_preprocessing(study, label_aligner) -> None:
+    """The second pass's rule: a label map's box plus the margin, then preprocessing's own
+    alignment. Given a test case's true label, the box is the one preprocessing recorded
+    for it and the grid image is the very array evaluation segments."""
+    aligner = label_aligner
+    boxes = json.loads((study["preprocessed"] / "crop_boxes.json").read_text())["boxes"]
+    case = str(study["test_cases"]).split(",")[0]
+    path = raw_image(study, case)
+    aligned = aligner.align_image(path, sitk.ReadImage(str(path)), raw_label(study, case))
+    assert aligned.box_source == "label"
+    assert list(aligned.box.start) == boxes[case]["start_xyz"]
+    assert list(aligned.box.size) == boxes[case]["size_xyz"]
+    evaluated = np.load(study["preprocessed"] / "images" / f"{case}.npy")
+    np.testing.assert_array_equal(aligned.array, evaluated)
+    carried = aligner.align(path)
+    assert carried.box != aligned.box, "without a label the box is carried, not the label's"
+
+
+def one_hot(classes: np.ndarray, channels: int) -> np.ndarray:
+    return np.stack([(classes == c).astype(np.float32) for c in range(channels)])
+
+
+def test_a_label_on_a_grid_of_the_images_own_voxels_comes_back_exactly() -> None:
+    """No half-voxel offset and no box rounding on the way back to the native grid: a
+    voxel-wise random label on a grid whose voxels are a box of the image's own (identity
+    affine, a flipped axis, anisotropic spacing), carried back as prediction carries its
+    probabilities, is the same label again, with background outside the box."""
+    native = sitk.Image([21, 18, 11], sitk.sitkInt16)
+    native.SetSpacing([1.5, 2.0, 3.0])
+    native.SetOrigin([-10.0, 4.0, 7.5])
+    native.SetDirection([-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])
+    box = CropBox((3, 2, 1), (15, 13, 8))
+    classes = np.random.default_rng(0).integers(0, 4, size=(8, 13, 15))
+    grid = box_grid(native, box, box.size)
+    target = AlignmentTarget("self", np.zeros((8, 3)), grid, grid, grid)
+    aligned = AlignedImage(
+        Path("self"),
+        native,
+        sitk.AffineTransform(3),
+        classes.astype(np.float32),
+        target,
+        box,
+        "label",
+    )
+    back = native_label_map(
+        native, probabilities_to_native(one_hot(classes, 4), aligned), [1, 2, 3]
+    )
+    expected = np.zeros((11, 18, 21), dtype=np.uint8)
+    expected[1:9, 2:15, 3:18] = classes
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), expected)
+
+
+def test_the_true_labels_round_trip_through_the_fixture_grid(study, label_aligner) -> None:
+    """How far scoring on the native grid can move a Dice by itself, on this fixture.
+
+    Evaluation scores against the true label resampled onto the grid by nearest neighbour
+    (the preprocessed label). Carried back to the native grid as prediction carries its
+    probabilities, that label keeps only 0.91-0.92 Dice of the native truth (measured
+    0.9222, 0.9205, 0.9143 for the three test cases): the fixture's grid (4.1x4.0x9.4 mm)
+    is coarser than its images (4x4x6 mm) in z, and every case is rotated and scaled against
+    the reference, so no hard label on the grid can equal the native one. The way back
+    itself loses little: the true label resampled onto the grid linearly as one-hot
+    probabilities (no hard label on the grid) comes back at 0.98 or more (measured 0.9862,
+    0.9824, 0.9825). Making the grid match the images does not bring the hard-label round
+    trip to 0.98: grid = native spacing gives 0.94-0.97 at 4x4x6 mm and at 4.1x4.0x10 mm,
+    and 0.97-0.98 even at 2.1x2.0x5 mm. So native Dice and evaluate's grid Dice are
+    comparable only to within a few points here, whatever the grid (see
+    ``test_native_prediction_scores_as_evaluate_reports``).
+    """
+    values = list(LABELS.values())
+    hard, soft = {}, {}
+    for case in str(study["test_cases"]).split(","):
+        path = raw_image(study, case)
+        native, truth = sitk.ReadImage(str(path)), raw_label(study, case)
+        aligned = label_aligner.align_image(path, native, truth)  # evaluate's box and grid
+        evaluated = np.load(study["preprocessed"] / "labels" / f"{case}.npy")
+        classes = canonical(label_to_classes(truth, LABELS, Path(case)))
+        on_grid = resample_onto(classes, aligned.target.grid, aligned.affine, is_label=True)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(on_grid), evaluated)
+        channels = len(LABELS) + 1
+        back = native_label_map(
+            native, probabilities_to_native(one_hot(evaluated, channels), aligned), values
+        )
+        hard[case] = mean_dice(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(truth), values)
+        linear = [
+            sitk.GetArrayFromImage(
+                sitk.Resample(
+                    sitk.Cast(classes == c, sitk.sitkFloat32),
+                    aligned.target.grid,
+                    aligned.affine,
+                    sitk.sitkLinear,
+                    float(c == 0),
+                    sitk.sitkFloat32,
+                )
+            )
+            for c in range(channels)
+        ]
+        back = native_label_map(native, probabilities_to_native(np.stack(linear), aligned), values)
+        soft[case] = mean_dice(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(truth), values)
+    table = "; ".join(f"{case}: hard {hard[case]:.4f}, soft {soft[case]:.4f}" for case in hard)
+    assert all(0.90 <= d <= 0.94 for d in hard.values()), table
+    assert all(d >= 0.98 for d in soft.values()), table
 
 
 def test_a_permuted_and_flipped_copy_gets_the_same_physical_segmentation(
@@ -402,3 +562,34 @@ def test_workflow_plans_bundles_and_predictions_for_the_predict_key(tmp_path: Pa
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))
     refused = subprocess.run(command, capture_output=True, text=True, check=False)
     assert refused.returncode != 0 and "predict.method" in refused.stderr
+
+
+def test_a_first_pass_without_heart_keeps_the_carried_box_with_a_warning(study, caplog) -> None:
+    """A first pass that finds no foreground has no box to give: one warning, one pass."""
+
+    class Background(torch.nn.Module):
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            logits = torch.zeros(images.shape[0], len(LABELS) + 1, *images.shape[2:])
+            logits[:, 0] = 10.0
+            return logits
+
+    bundle = load_bundle(study["unet3d"])
+    bundle.model.networks["segmentation"] = Background()
+    predictor = Predictor([bundle], CPU, True)
+    aligner = predictor.groups[0][0]
+    calls = []
+
+    def counted(*args):  # type: ignore[no-untyped-def]
+        calls.append(args)
+        return Aligner.align_image(aligner, *args)
+
+    aligner.align_image = counted  # type: ignore[method-assign]
+    case = str(study["test_cases"]).split(",")[0]
+    with caplog.at_level("WARNING"):
+        _, probabilities = predictor.probabilities(raw_image(study, case))
+    assert len(calls) == 1
+    assert [r.message for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{raw_image(study, case)}: the first pass found no heart, so its box carried from "
+        "the reference is kept (no second pass)"
+    ]
+    assert np.all(probabilities.values.argmax(axis=0) == 0)

@@ -6,6 +6,13 @@ probabilities are resampled back onto the image's grid (same size, spacing, orig
 direction as the input), then written with the cohort's label values. Several bundles
 (``--folds``) are ensembled by averaging their probabilities; bundles that share a
 preprocessing plan (the folds of one study) share one alignment per image.
+
+Prediction runs in two passes so that a new image is cropped as evaluation crops a
+labelled test case. A new image has no label, so the first pass crops it by the heart box
+carried from the reference (a coarse alignment of the whole scan). Its label map then
+gives the box by the labelled-case rule (bounding box of all structures plus the plan's
+crop margin), and the second pass aligns and segments again from that box; its
+probabilities are the result. ``--single-pass`` keeps the first pass's.
 """
 
 from __future__ import annotations
@@ -152,10 +159,19 @@ def merge_native(parts: list[tuple[NativeProbabilities, int]]) -> NativeProbabil
 
 
 class Predictor:
-    """Bundles grouped by plan, each group with its aligner (elastix is started once)."""
+    """Bundles grouped by plan, each group with its aligner (elastix is started once).
+
+    With ``two_pass`` (the default) an image is segmented twice, the second time from the
+    heart box of the first pass's label map (see the module docstring).
+    """
 
     def __init__(
-        self, bundles: list[Bundle], device: torch.device, cpu_bf16: bool, threads: int = 1
+        self,
+        bundles: list[Bundle],
+        device: torch.device,
+        cpu_bf16: bool,
+        threads: int = 1,
+        two_pass: bool = True,
     ) -> None:
         if not bundles:
             raise DataError("give at least one bundle with --bundle")
@@ -164,23 +180,39 @@ class Predictor:
         for bundle in bundles:
             groups.setdefault(plan_key(bundle), []).append(bundle)
         self.groups = [(Aligner(group[0].plan, threads), group) for group in groups.values()]
-        self.device, self.cpu_bf16 = device, cpu_bf16
+        self.device, self.cpu_bf16, self.two_pass = device, cpu_bf16, two_pass
         first = bundles[0]
         by_class = sorted(first.model.labels, key=first.model.labels.__getitem__)
         self.label_values = [first.label_values[name] for name in by_class]
         self.modality = str(first.plan["modality"])
 
-    def probabilities(self, path: Path) -> tuple[sitk.Image, NativeProbabilities]:
-        """The native image and its ensembled class probabilities on its own grid."""
+    def one_pass(
+        self, path: Path, native: sitk.Image, heart_label: sitk.Image | None
+    ) -> NativeProbabilities:
+        """Ensembled probabilities on the native grid, each group aligned from the box of
+        ``heart_label`` (or, without one, from the box carried from its reference)."""
         parts = []
-        native = None
         for aligner, bundles in self.groups:
-            aligned = aligner.align(path)
-            native = aligned.native
+            aligned = aligner.align_image(path, native, heart_label)
             on_grid = grid_probabilities(bundles, aligned, self.device, self.cpu_bf16)
             parts.append((probabilities_to_native(on_grid, aligned), len(bundles)))
-        assert native is not None
-        return native, merge_native(parts)
+        return merge_native(parts)
+
+    def probabilities(self, path: Path) -> tuple[sitk.Image, NativeProbabilities]:
+        """The native image and its ensembled class probabilities on its own grid."""
+        native = check_image(path, self.modality)
+        first = self.one_pass(path, native, None)
+        if not self.two_pass:
+            return native, first
+        label = native_label_map(native, first, self.label_values)
+        if not np.any(sitk.GetArrayViewFromImage(label)):
+            LOG.warning(
+                "%s: the first pass found no heart, so its box carried from the reference "
+                "is kept (no second pass)",
+                path,
+            )
+            return native, first
+        return native, self.one_pass(path, native, label)
 
     def predict(
         self, path: Path, out_dir: Path, write_probabilities: bool = False
@@ -249,6 +281,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write <name>_probabilities: one component per class (background first)",
     )
+    parser.add_argument(
+        "--single-pass",
+        action="store_true",
+        help="segment once, from the heart box carried from the reference (faster; by "
+        "default a second pass crops by the first pass's label, as evaluation crops)",
+    )
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and elastix")
     add_cpu_bf16_argument(parser)
@@ -259,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     images = input_images(args.input)
     bundles = [load_bundle(path, device) for path in bundle_paths(args.bundle, args.folds)]
-    predictor = Predictor(bundles, device, args.cpu_bf16, args.threads)
+    predictor = Predictor(bundles, device, args.cpu_bf16, args.threads, not args.single_pass)
     written = predict_files(images, predictor, args.out, args.probabilities)
     LOG.info(
         "wrote %d label map(s) to %s (%.1f s per image)",

@@ -1,7 +1,8 @@
 """From a new image's own grid to the training grid and back.
 
-Forward, the preprocessing step's own functions run on the image: heart box carried from
-the reference, affine onto the reference's heart (:func:`deeprs.preprocess.case.align_case`),
+Forward, the preprocessing step's own functions run on the image: heart box (carried from
+the reference, or by the labelled-case rule from a label map of the image such as a first
+prediction), affine onto the reference's heart (:func:`deeprs.preprocess.case.align_case`),
 resampling onto the target grid and intensity scaling. Backward, class probabilities on the
 grid are resampled (linearly) through the inverse affine onto the image's own grid, only
 inside the region the grid covers; everything outside it is background.
@@ -38,7 +39,9 @@ class AlignedImage:
     """A new image on the training grid.
 
     ``native`` is the file as read (its own orientation), ``affine`` maps grid points to
-    the image's points, ``array`` is the scaled ``(z, y, x)`` float32 grid image in [0, 1].
+    the image's points, ``array`` is the scaled ``(z, y, x)`` float32 grid image in [0, 1];
+    ``box`` is the heart box it was aligned from (voxels of the canonical image) and
+    ``box_source`` where that box came from (``label`` or ``carried from <reference>``).
     """
 
     path: Path
@@ -46,6 +49,8 @@ class AlignedImage:
     affine: sitk.AffineTransform
     array: np.ndarray
     target: AlignmentTarget
+    box: CropBox
+    box_source: str
 
 
 def check_intensities(image: sitk.Image, modality: str, path: Path) -> None:
@@ -90,9 +95,18 @@ class Aligner:
         return self._registrar
 
     def align(self, path: str | Path) -> AlignedImage:
+        """The image with its heart box carried from the reference (it has no label)."""
         path = Path(path)
-        native = check_image(path, self.plan["modality"])
-        case = Case(path.name, path.name, canonical(sitk.Cast(native, sitk.sitkFloat32)), None)
+        return self.align_image(path, check_image(path, self.plan["modality"]))
+
+    def align_image(
+        self, path: Path, native: sitk.Image, heart_label: sitk.Image | None = None
+    ) -> AlignedImage:
+        """``native`` aligned from the box of ``heart_label`` (a label map on its grid, any
+        non-zero voxel is heart) by the plan's crop rule, as preprocessing crops a labelled
+        case; without it, from the box carried from the reference."""
+        label = None if heart_label is None else canonical(heart_label)
+        case = Case(path.name, path.name, canonical(sitk.Cast(native, sitk.sitkFloat32)), label)
         alignment = align_case(case, self.target, self.registrar, self.plan["crop_margin_mm"])
         on_grid = resample_onto(case.image, self.target.grid, alignment.affine)
         array = scale_intensities(
@@ -102,7 +116,9 @@ class Aligner:
             self.plan["mri_percentiles"],
             path.name,
         )
-        return AlignedImage(path, native, alignment.affine, array, self.target)
+        return AlignedImage(
+            path, native, alignment.affine, array, self.target, alignment.box, alignment.source
+        )
 
 
 def covered_box(native: sitk.Image, grid: sitk.Image, affine: sitk.Transform) -> CropBox:
