@@ -95,12 +95,16 @@ def write_qc_mosaic(
     figure.legend(
         handles=handles, loc="lower center", ncol=len(structure_names), fontsize=7, frameon=False
     )
+    height = row_height * len(ordered) + 0.8
+    # Placed in inches from the top: suptitle's default (2 % of the height) lands inside the
+    # first row of a tall mosaic.
     figure.suptitle(
         f"Each case before and after alignment to {reference_id}, {contour_source}; "
         "flagged cases (see qc.csv) in red",
         fontsize=8,
+        y=1 - 0.08 / height,
+        va="top",
     )
-    height = row_height * len(ordered) + 0.8
     figure.tight_layout(rect=(0, 0.5 / height, 1, 1 - 0.35 / height))
     with atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=80, format="png")
