@@ -58,27 +58,36 @@ def _validation_panels(validation: dict[int, pd.DataFrame]) -> list[str]:
     ]
 
 
-def _draw_validation(
-    axis: plt.Axes, validation: dict[int, pd.DataFrame], column: str, colour: str
-) -> None:
-    """Each fold's validation Dice (%) and their mean, titled with the mean's criterion."""
-    curves = []
-    for index, (fold, frame) in enumerate(sorted(validation.items())):
-        curve = pd.Series(frame[column].to_numpy(dtype=float) * 100, index=frame["iteration"])
-        curves.append(curve)
+def _plot_folds(
+    axis: plt.Axes, curves: dict[int, pd.Series], colour: str, marker: str | None = None
+) -> pd.Series:
+    """A thin line per fold (style per fold) and, for several folds, their mean in black."""
+    for index, (fold, curve) in enumerate(sorted(curves.items())):
         axis.plot(
             curve.index,
             curve.to_numpy(),
             color=colour,
             alpha=0.7,
             linewidth=1.0,
-            marker=".",
+            marker=marker,
             linestyle=FOLD_STYLES[index % len(FOLD_STYLES)],
             label=f"fold {fold}",
         )
-    mean = pd.concat(curves, axis=1).mean(axis=1)
+    mean = pd.concat(list(curves.values()), axis=1).mean(axis=1)
     if len(curves) > 1:
         axis.plot(mean.index, mean.to_numpy(), color="black", linewidth=1.8, label="mean")
+    return mean
+
+
+def _draw_validation(
+    axis: plt.Axes, validation: dict[int, pd.DataFrame], column: str, colour: str
+) -> None:
+    """Each fold's validation Dice (%) and their mean, titled with the mean's criterion."""
+    curves = {
+        fold: pd.Series(frame[column].to_numpy(dtype=float) * 100, index=frame["iteration"])
+        for fold, frame in validation.items()
+    }
+    mean = _plot_folds(axis, curves, colour, marker=".")
     change = change_over_last_third(mean.index.to_numpy(), mean.to_numpy() / 100)
     verdict = "undecided" if change != change else f"{change:+.1f} pts over last third"
     axis.set_title(f"validation {SIGNALS[column]} Dice ({verdict})", fontsize=10)
@@ -145,29 +154,18 @@ def learning_curve_figure(
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
     for axis, term in zip(axes.flat, terms, strict=False):
-        smoothed = []
-        for index, (fold, frame) in enumerate(sorted(runs.items())):
+        smoothed = {}
+        for fold, frame in runs.items():
             if term not in frame:
                 continue
             values = pd.to_numeric(frame[term], errors="coerce")
             window = max(1, len(frame) // 20)
-            smooth = pd.Series(
+            smoothed[fold] = pd.Series(
                 values.rolling(window, min_periods=1).mean().to_numpy(),
                 index=frame["iteration"].to_numpy(),
             )
-            smoothed.append(smooth)
-            axis.plot(
-                smooth.index,
-                smooth.to_numpy(),
-                color=colour,
-                alpha=0.7,
-                linewidth=1.0,
-                linestyle=FOLD_STYLES[index % len(FOLD_STYLES)],
-                label=f"fold {fold}",
-            )
-        if len(smoothed) > 1:
-            mean = pd.concat(smoothed, axis=1).mean(axis=1)
-            axis.plot(mean.index, mean.to_numpy(), color="black", linewidth=1.8, label="mean")
+        if smoothed:
+            _plot_folds(axis, smoothed, colour)
         axis.set_title(LOSS_TERMS.get(term, term), fontsize=10)
         axis.set_xlabel("iteration")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
