@@ -24,7 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--split", required=True, type=Path, help="a split file, e.g. results/splits/fold_0.json"
     )
     parser.add_argument(
-        "--out-dir", required=True, type=Path, help="where model.pt, losses.csv and losses.png go"
+        "--out-dir",
+        required=True,
+        type=Path,
+        help="where model.pt, losses.csv, losses.png and validation.csv go",
     )
     parser.add_argument(
         "--settings",
