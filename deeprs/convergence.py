@@ -1,11 +1,14 @@
 """The convergence criterion of a training run, read from its ``validation.csv``.
 
 A run has converged when the least-squares trend of its validation Dice over the last third
-of training changes the Dice by less than :data:`TOLERANCE_POINTS` over that third. A trend,
-not the difference of two measurements, so that one noisy measurement neither hides nor
-fakes a plateau; it needs :data:`MIN_POINTS` measurements in the last third
-(``train.validate_every`` at most a ninth of ``train.iterations``), else it is undecided.
-Torch-free: the report reads it.
+of training changes the Dice by less than :data:`TOLERANCE_POINTS` over that third. A trend
+over every measurement of that third rather than the difference of two, so that the verdict
+does not rest on the last point alone; it is still sensitive to one outlier early in the
+window, and with few validation images its standard error (reported beside it, from the fit's
+residuals) can be as large as the tolerance: a verdict whose change lies within about two
+standard errors of the tolerance is within the noise of the measurement. It needs
+:data:`MIN_POINTS` measurements in the last third (``train.validate_every`` at most a sixth
+of ``train.iterations``), else it is undecided. Torch-free: the report reads it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class Convergence:
     signal: str
     final: float
     change: float
+    change_se: float
+    """Standard error of ``change`` (points), NaN with fewer than three measurements."""
 
     @property
     def converged(self) -> bool | None:
@@ -44,21 +49,31 @@ class Convergence:
         return bool(abs(self.change) < TOLERANCE_POINTS)
 
 
-def change_over_last_third(iterations: np.ndarray, dice: np.ndarray) -> float:
-    """The trend's change of Dice (points) over the last third of the recorded iterations."""
+def trend_over_last_third(iterations: np.ndarray, dice: np.ndarray) -> tuple[float, float]:
+    """The trend's change of Dice (points) over the last third of the recorded iterations,
+    and its standard error from the fit's residuals; NaN when undecided."""
     iterations = np.asarray(iterations, dtype=float)
     dice = np.asarray(dice, dtype=float)
     keep = ~np.isnan(dice)
     iterations, dice = iterations[keep], dice[keep]
     if iterations.size == 0:
-        return float("nan")
+        return float("nan"), float("nan")
     end = iterations.max()
     start = end - end / LAST_PART
     last = iterations >= start
-    if int(last.sum()) < MIN_POINTS:
-        return float("nan")
-    slope = np.polyfit(iterations[last], dice[last], 1)[0]
-    return float(slope * (end - start) * 100)
+    x, y = iterations[last], dice[last]
+    if x.size < MIN_POINTS:
+        return float("nan"), float("nan")
+    slope, intercept = np.polyfit(x, y, 1)
+    residuals = y - (slope * x + intercept)
+    spread = float(np.sum((x - x.mean()) ** 2))
+    slope_se = float(np.sqrt(np.sum(residuals**2) / (x.size - 2) / spread))
+    return float(slope * (end - start) * 100), slope_se * (end - start) * 100
+
+
+def change_over_last_third(iterations: np.ndarray, dice: np.ndarray) -> float:
+    """The trend's change of Dice (points) over the last third of the recorded iterations."""
+    return trend_over_last_third(iterations, dice)[0]
 
 
 def read_validation(path: Path) -> pd.DataFrame:
@@ -85,6 +100,6 @@ def assess(frame: pd.DataFrame) -> list[Convergence]:
         if np.isnan(values).all():
             continue
         final = float(values[~np.isnan(values)][-1])
-        change = change_over_last_third(frame["iteration"].to_numpy(), values)
-        results.append(Convergence(column, final, change))
+        change, change_se = trend_over_last_third(frame["iteration"].to_numpy(), values)
+        results.append(Convergence(column, final, change, change_se))
     return results

@@ -41,8 +41,8 @@ def _subject_groups(manifest: Manifest, validation: Sequence[str] = ()) -> dict[
 def validation_cases(manifest: Manifest, n_subjects: int, seed: int) -> list[str]:
     """The labelled cases of ``n_subjects`` seeded subjects, set aside for validation.
 
-    Drawn from a generator of their own, so the folds of a study with and without a
-    validation set differ only by the cases set aside.
+    Drawn from a generator of their own (not the folds'); the folds are then made from the
+    remaining subjects, so setting cases aside reshuffles every fold.
     """
     if n_subjects == 0:
         return []

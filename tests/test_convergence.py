@@ -134,3 +134,16 @@ def test_an_early_plateau_before_learning_does_not_count() -> None:
     # Flat at the identity, rising, then flat again: converged from the second plateau on.
     settles = np.clip(0.63 + 0.1 * (ITERATIONS - 200) / 100, 0.63, 0.73)
     assert 300 < first_converged(frame_of(None, settles)) <= 450
+
+
+def test_the_standard_error_is_scipys_slope_error_over_the_last_third() -> None:
+    from scipy.stats import linregress
+
+    values = curve(0.8, 200, noise=0.01, seed=3)
+    change, change_se = convergence.trend_over_last_third(ITERATIONS, values)
+    last = ITERATIONS >= 400
+    reference = linregress(ITERATIONS[last], values[last])
+    assert change == pytest.approx(reference.slope * 200 * 100)
+    assert change_se == pytest.approx(reference.stderr * 200 * 100)
+    exact = 0.5 + 0.001 * ITERATIONS / 100
+    assert convergence.trend_over_last_third(ITERATIONS, exact)[1] == pytest.approx(0, abs=1e-9)

@@ -722,6 +722,7 @@ def test_convergence_table_applies_the_criterion_per_run(report) -> None:
     assert deeprs.loc[(0, "S"), "final Dice (%)"] == pytest.approx(70.0)
     assert deeprs.loc[(1, "R"), "converged"] == "no"
     assert deeprs.loc[(1, "R"), "change over last third (points)"] == pytest.approx(2.0)
+    assert deeprs.loc[(1, "R"), "standard error (points)"] == pytest.approx(0.0, abs=1e-6)
     assert set(table[table["method"] == "3D U-Net"]["network"]) == {"S"}
     assert set(table["validated on"]) == {"validation"}
     html = (out / "convergence.html").read_text()

@@ -79,6 +79,7 @@ def search_table(results: Path, lrs: list[float], methods: list[str], split: str
             for signal, result in assessed.items():
                 row[f"{signal}_final"] = result.final * 100
                 row[f"{signal}_change"] = result.change
+                row[f"{signal}_change_se"] = result.change_se
             row["score"] = float(np.mean([result.final * 100 for result in assessed.values()]))
             row["first_converged"] = first_converged(frame)
             row["searched"] = int(frame["iteration"].max())

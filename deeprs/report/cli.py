@@ -65,7 +65,9 @@ CONVERGENCE_CAPTION = (
     "'validated on: training' means the split's own labelled training images, when the study "
     "sets no validation cases aside). A run has converged when the least-squares trend of its "
     f"validation Dice over the last third of training changes it by less than "
-    f"{convergence.TOLERANCE_POINTS:g} Dice point; 'undecided': fewer than "
+    f"{convergence.TOLERANCE_POINTS:g} Dice point (standard error of that change from the "
+    "fit's residuals beside it: a verdict within about two standard errors of the tolerance "
+    "is within the noise of the measurement); 'undecided': fewer than "
     f"{convergence.MIN_POINTS} measurements in that third. The final model is always the last "
     "iteration's."
 )
@@ -190,6 +192,7 @@ def convergence_table(request: ReportRequest, methods: list[str]) -> pd.DataFram
                         "last iteration": int(frame["iteration"].iloc[-1]),
                         "final Dice (%)": round(result.final * 100, 1),
                         "change over last third (points)": round(result.change, 2),
+                        "standard error (points)": round(result.change_se, 2),
                         "converged": verdict,
                     }
                 )

@@ -142,7 +142,8 @@ def validate(
 
 
 def write_validation_csv(rows: list[dict[str, float | str]], path: Path) -> None:
-    """``validation.csv``: one row per measurement, Dice in [0, 1], empty where a net is absent."""
+    """``validation.csv``: one row per measurement, Dice in [0, 1]; empty where the method has
+    no such network, or (``r_dice``) where a single validation image leaves no pair."""
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     with atomic_path(path) as temporary:
         frame.to_csv(temporary, index=False)
