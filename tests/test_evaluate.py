@@ -277,3 +277,128 @@ def test_model_written_by_the_trainer_evaluates(cohort: tuple[Path, Path], tmp_p
     }
     registration = table[table["task"] == "registration"]
     assert registration["nonpositive_jacobian_pct"].between(0, 100).all()
+
+
+LABEL_VALUES = {"a": 205, "b": 420}
+SHIFT_MM = (2.0, 1.5, 0.0)
+"""The recorded affine of every case: grid point + SHIFT_MM = image point (2 and 1 voxels)."""
+
+
+def with_native_sources(manifest_path: Path, drawn: dict[str, np.ndarray]) -> None:
+    """Record source files and transforms in the cohort's manifest, as preprocessing does.
+
+    Each case's source image is the training grid seen through a flipped x axis and moved
+    by :data:`SHIFT_MM`, so its voxel ``(x, y, z)`` lies on grid voxel ``(11 - x, y, z)``;
+    its label file holds ``drawn[case]`` (classes on that grid) as the values of
+    :data:`LABEL_VALUES`.
+    """
+    folder = manifest_path.parent
+    manifest = json.loads(manifest_path.read_text())
+    manifest["label_values"] = LABEL_VALUES
+    manifest["target_space"] = {
+        "origin_xyz": [0.0, 0.0, 0.0],
+        "spacing_xyz": list(SPACING_XYZ),
+        "direction": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+        "shape_xyz": list(SHAPE[::-1]),
+    }
+    (folder / "transforms").mkdir()
+    (folder / "sources").mkdir()
+    affine = sitk.AffineTransform(3)
+    affine.SetTranslation(SHIFT_MM)
+    for entry in manifest["cases"]:
+        case = entry["id"]
+        sitk.WriteTransform(affine, str(folder / f"transforms/{case}.tfm"))
+        entry["transform"] = f"transforms/{case}.tfm"
+        image = sitk.GetImageFromArray(np.flip(np.load(folder / entry["image"]), axis=2))
+        values = np.zeros(SHAPE, np.int16)
+        for name, index in LABELS.items():
+            values[drawn.get(case, np.zeros(SHAPE)) == index] = LABEL_VALUES[name]
+        label = sitk.GetImageFromArray(values)
+        for volume, kind in ((image, "image"), (label, "label")):
+            volume.SetSpacing(SPACING_XYZ)
+            volume.SetDirection([-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])
+            volume.SetOrigin([(SHAPE[2] - 1) * SPACING_XYZ[0] + SHIFT_MM[0], SHIFT_MM[1], 0.0])
+            sitk.WriteImage(volume, str(folder / f"sources/{case}_{kind}.nii.gz"))
+        entry["source_image"] = str(folder / f"sources/{case}_image.nii.gz")
+        entry["source_label"] = (
+            str(folder / f"sources/{case}_label.nii.gz") if entry["label"] else None
+        )
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_native_rows_score_the_prediction_carried_onto_each_image(
+    cohort: tuple[Path, Path],
+) -> None:
+    """``segmentation_native``: S's probabilities go through the recorded affine onto the
+    source image's own (flipped, shifted) grid and meet the label file's values. A label
+    drawn as the grid label scores Dice 1 and HD95 0; one with structure ``a`` drawn one
+    voxel further along x (the flipped axis) scores SimpleITK's Dice of that difference and
+    one voxel's spacing along x (1 mm) of HD95. S runs once per case for both tasks."""
+    manifest_path, split_path = cohort
+    moved = np.roll(case_label(1), 1, axis=2)
+    drawn = {case: case_label(CASES.index(case)) for case in CASES}
+    drawn["c1"] = np.where(case_label(1) == 1, 0, case_label(1))
+    drawn["c1"][moved == 1] = 1
+    with_native_sources(
+        manifest_path, {case: np.flip(label, axis=2) for case, label in drawn.items()}
+    )
+    manifest = load_manifest(manifest_path)
+    split = load_split(split_path, manifest)
+    volumes = load_test_volumes(manifest, split, torch.device("cpu"))
+    oracle = Oracle([(volumes.images[c], volumes.labels[c]) for c in CASES])
+    calls = []
+    oracle.register_forward_hook(lambda *_: calls.append(1))
+    table = evaluate_split(
+        get_method("unet3d"), manifest, split, {"segmentation": oracle}, torch.device("cpu")
+    )
+    assert len(calls) == len(CASES)
+    grid = table[table["task"] == "segmentation"]
+    assert (grid["dice"] == 1.0).all()
+    native = table[table["task"] == "segmentation_native"].set_index(["sample", "structure"])
+    assert len(native) == len(CASES) * len(LABELS)
+    assert native["nonpositive_jacobian_pct"].isna().all()
+    for case in ("c0", "c2"):
+        assert (native.loc[case, "dice"] == 1.0).all() and (native.loc[case, "hd95_mm"] == 0).all()
+    expected_a = sitk_dice(case_label(1), drawn["c1"], LABELS["a"])
+    assert 0.5 < expected_a < 1.0
+    assert native.loc[("c1", "a"), "dice"] == pytest.approx(expected_a, abs=1e-9)
+    assert native.loc[("c1", "a"), "hd95_mm"] == pytest.approx(SPACING_XYZ[0])
+    assert native.loc[("c1", "b"), "dice"] == pytest.approx(
+        sitk_dice(case_label(1), drawn["c1"], LABELS["b"]), abs=1e-9
+    )
+
+
+def test_an_old_manifest_is_scored_on_the_grid_only(
+    cohort: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A manifest written before source files and transforms were recorded: one log line."""
+    manifest = load_manifest(cohort[0])
+    assert manifest.label_values is None and manifest.cases["c0"].transform_path is None
+    split = load_split(cohort[1], manifest)
+    volumes = load_test_volumes(manifest, split, torch.device("cpu"))
+    oracle = Oracle([(volumes.images[c], volumes.labels[c]) for c in CASES])
+    with caplog.at_level("WARNING"):
+        table = evaluate_split(
+            get_method("unet3d"), manifest, split, {"segmentation": oracle}, torch.device("cpu")
+        )
+    assert set(table["task"]) == {"segmentation"}
+    lines = [r.getMessage() for r in caplog.records if "rerun preprocessing" in r.getMessage()]
+    assert len(lines) == 1 and str(cohort[0]) in lines[0]
+
+
+def test_a_missing_source_file_is_one_line(
+    cohort: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest_path, _ = cohort
+    with_native_sources(manifest_path, {case: case_label(CASES.index(case)) for case in CASES})
+    source = manifest_path.parent / "sources" / "c1_label.nii.gz"
+    source.unlink()
+    torch.manual_seed(0)
+    network = UNet3D(1, len(LABELS) + 1, features=(8, 16), width=1.0)
+    model = tmp_path / "model.pt"
+    save_model(model, "unet3d", {"segmentation": ("unet3d", network)}, LABELS, iteration=1)
+    assert evaluate(cohort, tmp_path / "m.csv", "unet3d", model) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and f"source label '{source}'" in error[0]
+    assert "restore the cohort folder" in error[0]
+    assert not (tmp_path / "m.csv").exists()

@@ -19,12 +19,18 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 import torch
+from scipy.ndimage import map_coordinates
 
 from deeprs.cli import main
 from deeprs.data.cases import load_split
 from deeprs.data.ingest import canonical, label_to_classes
 from deeprs.inference.bundle import load_bundle
-from deeprs.inference.networks import displacements, volume_tensor, warp_label
+from deeprs.inference.networks import (
+    displacements,
+    segmentation_probabilities,
+    volume_tensor,
+    warp_label,
+)
 from deeprs.inference.predict import Predictor, grid_probabilities
 from deeprs.inference.register import (
     AFFINE_FILE,
@@ -36,12 +42,12 @@ from deeprs.inference.register import (
 from deeprs.inference.space import (
     AlignedImage,
     Aligner,
+    NativeProbabilities,
     native_label_map,
     probabilities_to_native,
 )
 from deeprs.nets.padding import crop_to_shape
 from deeprs.preprocess.crop import CropBox, label_box
-from deeprs.preprocess.plan import AlignmentTarget
 from deeprs.preprocess.resample import box_grid, resample_onto
 
 LABELS = {"myo": 205, "la": 420, "lv": 500, "ra": 550, "rv": 600, "aa": 820, "pa": 850}
@@ -125,21 +131,18 @@ def grid_dice(bundle_path: Path, aligned: AlignedImage, truth: sitk.Image) -> fl
 def test_native_prediction_scores_as_evaluate_reports(study, tmp_path: Path, monkeypatch) -> None:
     """Every test case predicted on its own grid scores as ``deeprs evaluate`` reports it.
 
-    Evaluation crops a labelled test case by its own label's box plus the crop margin and
-    scores on the training grid. Prediction's second pass crops by that rule applied to its
-    first pass's label map; scored on the grid it segmented on, it is within 1 Dice point
-    of evaluate (measured 0.11, 0.07 and 0.40 points).
+    Evaluation crops a labelled test case by its own label's box plus the crop margin.
+    Prediction's second pass crops by that rule applied to its first pass's label map.
+    Scored on the grid it segmented on, prediction is within 1 Dice point of evaluate's
+    ``segmentation`` rows (measured 0.29, 0.04 and 0.27 points). On the image's own grid
+    against the label file it is within 1 point of evaluate's ``segmentation_native`` rows
+    (measured 0.05, 0.05 and 0.22 points), which carry S's probabilities back as prediction
+    does, through the affine preprocessing recorded for the case.
 
-    Against the native label the bound is 1.5 points (measured +1.15, -0.50 and +0.52),
-    not 1: the two scores differ by more than prediction. Evaluate's truth is the label
-    resampled onto the grid by nearest neighbour, which keeps only 0.91-0.92 Dice of the
-    native truth on this fixture (``test_the_true_labels_round_trip_through_the_fixture_grid``;
-    it is exact on a grid of the image's own voxels, so there is no offset). That loss
-    lowers evaluate's score. On this grid, coarser than the images in z, the difference
-    happens to be small. On a grid matching the images (phantom 64x64x24 at 4.125x4x10 mm,
-    grid 32x32x14, the same spacing) the round trip keeps 0.94-0.97 and native Dice lies
-    1.6-3.4 points above evaluate (grid Dice still within 0.1); on a grid finer than the
-    images (48x48x32) it lies 3-4 points above.
+    Native Dice is not comparable with grid Dice to 1 point (here 0.6-1.2 points apart,
+    on other grids 2-4; the grid's truth is itself a resampled label, see
+    ``test_the_true_labels_round_trip_through_the_fixture_grid``), which is why evaluate
+    reports both.
     """
     calls: list[tuple[sitk.Image | None, AlignedImage]] = []
     align_image = Aligner.align_image
@@ -159,7 +162,9 @@ def test_native_prediction_scores_as_evaluate_reports(study, tmp_path: Path, mon
                "--device", "cpu", "--probabilities")  # fmt: skip
     assert len(calls) == 2 * len(cases), "two passes per image"
     margin = load_bundle(study["unet3d"]).plan["crop_margin_mm"]
-    evaluated = pd.read_csv(study["metrics"]).groupby("sample")["dice"].mean()
+    metrics = pd.read_csv(study["metrics"])
+    by_task = metrics.groupby(["task", "sample"])["dice"].mean()
+    evaluated, evaluated_native = by_task["segmentation"], by_task["segmentation_native"]
     scores = {}
     for case, first, second in zip(cases, calls[::2], calls[1::2], strict=True):
         assert first[0] is None and first[1].box_source.startswith("carried from")
@@ -177,7 +182,12 @@ def test_native_prediction_scores_as_evaluate_reports(study, tmp_path: Path, mon
             sitk.GetArrayFromImage(predicted), sitk.GetArrayFromImage(truth), list(LABELS.values())
         )
         assert evaluated[case] > 0.5, "the fixture's U-Net should have learnt"
-        scores[case] = (grid_dice(study["unet3d"], aligned, truth), native, float(evaluated[case]))
+        scores[case] = (
+            grid_dice(study["unet3d"], aligned, truth),
+            float(evaluated[case]),
+            native,
+            float(evaluated_native[case]),
+        )
         probabilities = sitk.ReadImage(str(tmp_path / "out" / f"{case}_image_probabilities.nii.gz"))
         values = sitk.GetArrayFromImage(probabilities)
         assert values.shape[-1] == len(LABELS) + 1
@@ -185,11 +195,73 @@ def test_native_prediction_scores_as_evaluate_reports(study, tmp_path: Path, mon
         classes = label_to_classes(predicted, LABELS, Path(case))
         np.testing.assert_array_equal(values.argmax(axis=-1), sitk.GetArrayFromImage(classes))
     table = "; ".join(
-        f"{case}: grid {g:.4f}, native {n:.4f}, evaluate {e:.4f}"
-        for case, (g, n, e) in scores.items()
+        f"{case}: grid {g:.4f} (evaluate {e:.4f}), native {n:.4f} (evaluate {en:.4f})"
+        for case, (g, e, n, en) in scores.items()
     )
-    assert all(abs(g - e) <= 0.01 for g, _, e in scores.values()), table
-    assert all(abs(n - e) <= 0.015 for _, n, e in scores.values()), table
+    print(table)
+    assert all(abs(g - e) <= 0.01 for g, e, _, _ in scores.values()), table
+    assert all(abs(n - en) <= 0.01 for _, _, n, en in scores.values()), table
+
+
+def test_evaluate_native_rows_equal_an_independent_mapping(study) -> None:
+    """``segmentation_native`` rows of ``deeprs evaluate`` recomputed without its code path.
+
+    The recorded transform is the one preprocessing resampled through (the source image
+    through it is the preprocessed array). S's probabilities on that array are sampled at
+    every native voxel's physical point, mapped into the grid by inverting the affine by
+    hand and interpolated trilinearly by scipy (not SimpleITK); background is what the
+    structures leave; the argmax is scored against the label file's own values.
+    """
+    pre = study["preprocessed"]
+    manifest = json.loads((pre / "manifest.json").read_text())
+    assert manifest["label_values"] == LABELS
+    entries = {entry["id"]: entry for entry in manifest["cases"]}
+    space = manifest["target_space"]
+    grid = sitk.Image(space["shape_xyz"], sitk.sitkUInt8)
+    grid.SetOrigin(space["origin_xyz"])
+    grid.SetSpacing(space["spacing_xyz"])
+    grid.SetDirection(space["direction"])
+    bundle = load_bundle(study["unet3d"])
+    plan, network = bundle.plan, bundle.model.segmentation
+    assert network is not None
+    rows = pd.read_csv(study["metrics"]).query("task == 'segmentation_native'")
+    for case in str(study["test_cases"]).split(","):
+        entry = entries[case]
+        assert entry["source_image"] == str(raw_image(study, case))
+        affine = sitk.ReadTransform(str(pre / entry["transform"]))
+        source = sitk.ReadImage(entry["source_image"])
+        image = np.load(pre / entry["image"])
+        on_grid = resample_onto(canonical(sitk.Cast(source, sitk.sitkFloat32)), grid, affine)
+        window = plan["ct_window"]
+        scaled = np.clip((sitk.GetArrayFromImage(on_grid) - window[0]) / np.diff(window), 0, 1)
+        np.testing.assert_allclose(scaled, image, atol=1e-6)
+        tensor = volume_tensor(image, CPU, bundle.model.multiple)
+        probabilities = segmentation_probabilities(network, tensor, True)
+        probabilities = crop_to_shape(probabilities, image.shape)[0].numpy()
+        size = np.asarray(source.GetSize())
+        index = np.stack(np.meshgrid(*map(np.arange, size), indexing="ij"), -1).reshape(-1, 3)
+        steps = np.reshape(source.GetDirection(), (3, 3)) * np.asarray(source.GetSpacing())
+        points = np.asarray(source.GetOrigin()) + index @ steps.T
+        matrix = np.reshape(affine.GetMatrix(), (3, 3))
+        centre, shift = np.asarray(affine.GetCenter()), np.asarray(affine.GetTranslation())
+        on_grid_points = (points - centre - shift) @ np.linalg.inv(matrix).T + centre
+        grid_steps = np.reshape(grid.GetDirection(), (3, 3)) * np.asarray(grid.GetSpacing())
+        grid_index = (on_grid_points - np.asarray(grid.GetOrigin())) @ np.linalg.inv(grid_steps).T
+        inside = np.all((grid_index >= -0.5) & (grid_index <= np.asarray(grid.GetSize()) - 0.5), 1)
+        foreground = np.stack(
+            [
+                map_coordinates(channel, grid_index[:, ::-1].T, order=1, mode="nearest") * inside
+                for channel in probabilities[1:]
+            ]
+        )
+        background = 1.0 - foreground.sum(axis=0)
+        classes = np.argmax(np.concatenate([background[None], foreground]), axis=0)
+        predicted = np.asarray([0, *LABELS.values()])[classes].reshape(size)  # (x, y, z)
+        truth = np.transpose(sitk.GetArrayFromImage(raw_label(study, case)))
+        evaluated = rows[rows["sample"] == case].set_index("structure")["dice"]
+        for name, value in LABELS.items():
+            expected = mean_dice(predicted, truth, [value])
+            assert evaluated[name] == pytest.approx(expected, abs=1e-5), (case, name)
 
 
 def test_given_a_label_prediction_crops_and_aligns_as_preprocessing(study, label_aligner) -> None:
@@ -210,6 +282,12 @@ def test_given_a_label_prediction_crops_and_aligns_as_preprocessing(study, label
     assert carried.box != aligned.box, "without a label the box is carried, not the label's"
 
 
+def to_native(probabilities: np.ndarray, aligned: AlignedImage) -> NativeProbabilities:
+    return probabilities_to_native(
+        probabilities, aligned.target.grid, aligned.native, aligned.affine
+    )
+
+
 def one_hot(classes: np.ndarray, channels: int) -> np.ndarray:
     return np.stack([(classes == c).astype(np.float32) for c in range(channels)])
 
@@ -226,19 +304,8 @@ def test_a_label_on_a_grid_of_the_images_own_voxels_comes_back_exactly() -> None
     box = CropBox((3, 2, 1), (15, 13, 8))
     classes = np.random.default_rng(0).integers(0, 4, size=(8, 13, 15))
     grid = box_grid(native, box, box.size)
-    target = AlignmentTarget("self", np.zeros((8, 3)), grid, grid, grid)
-    aligned = AlignedImage(
-        Path("self"),
-        native,
-        sitk.AffineTransform(3),
-        classes.astype(np.float32),
-        target,
-        box,
-        "label",
-    )
-    back = native_label_map(
-        native, probabilities_to_native(one_hot(classes, 4), aligned), [1, 2, 3]
-    )
+    on_native = probabilities_to_native(one_hot(classes, 4), grid, native, sitk.AffineTransform(3))
+    back = native_label_map(native, on_native, [1, 2, 3])
     expected = np.zeros((11, 18, 21), dtype=np.uint8)
     expected[1:9, 2:15, 3:18] = classes
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), expected)
@@ -272,9 +339,7 @@ def test_the_true_labels_round_trip_through_the_fixture_grid(study, label_aligne
         on_grid = resample_onto(classes, aligned.target.grid, aligned.affine, is_label=True)
         np.testing.assert_array_equal(sitk.GetArrayFromImage(on_grid), evaluated)
         channels = len(LABELS) + 1
-        back = native_label_map(
-            native, probabilities_to_native(one_hot(evaluated, channels), aligned), values
-        )
+        back = native_label_map(native, to_native(one_hot(evaluated, channels), aligned), values)
         hard[case] = mean_dice(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(truth), values)
         linear = [
             sitk.GetArrayFromImage(
@@ -289,7 +354,7 @@ def test_the_true_labels_round_trip_through_the_fixture_grid(study, label_aligne
             )
             for c in range(channels)
         ]
-        back = native_label_map(native, probabilities_to_native(np.stack(linear), aligned), values)
+        back = native_label_map(native, to_native(np.stack(linear), aligned), values)
         soft[case] = mean_dice(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(truth), values)
     table = "; ".join(f"{case}: hard {hard[case]:.4f}, soft {soft[case]:.4f}" for case in hard)
     assert all(0.90 <= d <= 0.94 for d in hard.values()), table

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from deeprs.data.cases import load_manifest
 from deeprs.data.ingest import CaseFiles, load_case
 from deeprs.errors import ConfigError, DataError
 from deeprs.preprocess.affine import AffineRegistrar, resample_to_spacing, smoothing_schedule
@@ -26,6 +27,7 @@ from deeprs.preprocess.qc import mean_dice, mean_pairwise_dice
 from deeprs.preprocess.reference import choose_reference
 from deeprs.preprocess.resample import box_grid, resample_onto, scale_intensities
 from deeprs.preprocess.settings import PreprocessSettings
+from deeprs.preprocess.space import TargetSpace
 
 CTA_LABELS = {"heart": 1, "aorta": 2, "pa": 3}
 
@@ -328,6 +330,24 @@ def test_pipeline_writes_the_contract_and_affine_raises_overlap(registrar, cta, 
         if entry["labelled"]:
             label = np.load(out / entry["label"])
             assert label.dtype == np.uint8 and label.shape == (16, 20, 24) and label.max() <= 3
+    # What evaluation reads to score each case on its own grid: the source files as found,
+    # their label values and the very affine each case was resampled through.
+    assert manifest["label_values"] == {"heart": 1, "aorta": 2, "pa": 3}
+    grid = TargetSpace.from_json(manifest["target_space"]).grid()
+    records = load_manifest(out / "manifest.json").cases
+    for entry in manifest["cases"]:
+        case, kind = entry["id"], "ct_train" if entry["labelled"] else "ct_test"
+        assert entry["source_image"] == str(raw / kind / f"{case}_image.nii.gz")
+        label = str(raw / kind / f"{case}_label.nii.gz") if entry["labelled"] else None
+        assert entry["source_label"] == label
+        assert records[case].transform_path == out / f"transforms/{case}.tfm"
+        affine = sitk.ReadTransform(str(out / entry["transform"]))
+        source = load_case(CaseFiles(case, case, Path(entry["source_image"]), None), {}).image
+        on_grid = sitk.GetArrayFromImage(resample_onto(source, grid, affine))
+        scaled = scale_intensities(on_grid, "ct", settings.ct_window, settings.mri_percentiles)
+        np.testing.assert_allclose(scaled, np.load(out / entry["image"]), atol=1e-4)
+        if case == manifest["reference"]:
+            assert affine.GetParameters() == sitk.AffineTransform(3).GetParameters()
     rows = list(csv.DictReader(open(out / "qc.csv")))
     assert [r["case"] for r in rows] == [c["id"] for c in manifest["cases"]]
     labelled = [r for r in rows if r["labelled"] == "True"]

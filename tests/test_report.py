@@ -15,7 +15,12 @@ from scipy import stats
 from deeprs.errors import DataError
 from deeprs.report import curves, figures
 from deeprs.report.cli import ReportRequest, build_report
-from deeprs.report.collect import METRICS_COLUMNS, collect_folds, label_amount_metrics_path
+from deeprs.report.collect import (
+    METRICS_COLUMNS,
+    NATIVE_TASK,
+    collect_folds,
+    label_amount_metrics_path,
+)
 from deeprs.train.history import empty_row, write_losses_csv
 
 STRUCTURES = ["myo", "la", "lv"]
@@ -35,7 +40,7 @@ REPEATS = 3
 
 
 def samples_of(task: str, cases: list[str]) -> list[str]:
-    if task == "segmentation":
+    if task != "registration":
         return cases
     return [f"{moving}->{fixed}" for moving in cases for fixed in cases if moving != fixed]
 
@@ -78,6 +83,10 @@ def write_metrics_set(results: Path) -> None:
     for index, (method, tasks) in enumerate(LEVELS.items()):
         for fold in FOLDS:
             frame = metrics_rows(method, str(fold), tasks, seed=100 * index + fold)
+            if "segmentation" in tasks:  # also scored on each image's own grid
+                native = {NATIVE_TASK: tasks["segmentation"] + 0.02}
+                native_rows = metrics_rows(method, str(fold), native, seed=50 + index + fold)
+                frame = pd.concat([frame, native_rows], ignore_index=True)
             if method == "deeprs" and fold == 0:
                 frame.loc[(frame["sample"] == "c1") & (frame["structure"] == "la"), "dice"] = np.nan
             path = results / method / f"fold_{fold}" / "metrics.csv"
@@ -360,9 +369,12 @@ def test_missing_label_amount_runs_are_listed(tmp_path: Path) -> None:
     assert summary["status"].tolist() == ["missing", "missing"]
     markdown = (tmp_path / "report" / "table1.md").read_text()
     # A missing method shows "missing" for the tasks it does and "-" for the others.
-    assert "| VoxelMorph-2 (missing) | missing | 71.7 ± 10.6 | - | - | - | - | - |" in markdown
     assert (
-        "| DeepRS (missing) | missing | 77.6 ± 7.9 | missing | 85.7 ± 7.7 | - | - | - |" in markdown
+        "| VoxelMorph-2 (missing) | missing | 71.7 ± 10.6 | - | - | - | - | - | - |\n" in markdown
+    )
+    assert (
+        "| DeepRS (missing) | missing | 77.6 ± 7.9 | missing | missing | 85.7 ± 7.7 | - | - | - |\n"
+        in markdown
     )
     assert "| VoxelMorph-2 (missing) | registration | 0 | n/a | n/a |" in markdown
 
@@ -382,6 +394,53 @@ def test_malformed_metrics_file_names_the_file_and_columns(tmp_path: Path) -> No
     assert str(error.value) == (
         f"metrics file '{path}' lacks the columns hd95_mm, nonpositive_jacobian_pct; "
         "rerun `deeprs evaluate` to rewrite it"
+    )
+
+
+def test_native_segmentation_sits_beside_the_grid_scores_in_table1(report) -> None:
+    """``S-Dice % (native)``: mean ± std of the ``segmentation_native`` samples; every other
+    column (S-Dice, the tests, the per-structure tables) stays on the grid rows."""
+    results, out, _ = report
+    table = pd.read_csv(out / "table1.csv").set_index("method")
+    dice = markdown_section(
+        (out / "table1.md").read_text(), "Dice (%) beside the paper's, surface distance and folding"
+    ).set_index("Method")
+    assert list(dice.columns[:5]) == [
+        "R-Dice %",
+        "R-Dice % (paper)",
+        "S-Dice %",
+        "S-Dice % (native)",
+        "S-Dice % (paper)",
+    ]
+    for method, title in (("unet3d", "3D U-Net"), ("deeprs", "DeepRS")):
+        native = np.array(list(hand_sample_scores(results, method, NATIVE_TASK).values())) * 100
+        grid = np.array(list(hand_sample_scores(results, method, "segmentation").values())) * 100
+        assert native.mean() > grid.mean() + 1, "the fixture's native level is 2 points higher"
+        row = table.loc[method]
+        assert row["s_native_dice_mean"] == pytest.approx(native.mean(), abs=1e-4)
+        assert row["s_native_dice_std"] == pytest.approx(native.std(ddof=1), abs=1e-4)
+        assert row["s_native_n_samples"] == len(native) == 6
+        assert row["s_dice_mean"] == pytest.approx(grid.mean(), abs=1e-4)
+        assert dice.loc[title, "S-Dice % (native)"] == (
+            f"{native.mean():.1f} ± {native.std(ddof=1):.1f}"
+        )
+    assert dice.loc["VoxelMorph-2", "S-Dice % (native)"] == "-"
+    assert dice.loc["DeepAtlas (missing)", "S-Dice % (native)"] == "missing"
+    per_fold = pd.read_csv(out / "per_fold.csv")
+    assert set(per_fold["task"]) == {"registration", "segmentation"}
+
+
+def test_an_unknown_task_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "deeprs" / "fold_0" / "metrics.csv"
+    path.parent.mkdir(parents=True)
+    frame = metrics_rows("deeprs", "0", {"segmentation": 0.8}, seed=0)
+    frame.loc[0, "task"] = "segmentation_resampled"
+    frame.to_csv(path, index=False)
+    with pytest.raises(DataError) as error:
+        collect_folds(tmp_path, ["deeprs"], [0])
+    assert str(error.value) == (
+        f"metrics file '{path}' has unknown tasks segmentation_resampled; the column 'task' "
+        "takes registration, segmentation, segmentation_native"
     )
 
 
@@ -478,7 +537,8 @@ def test_html_tables_are_short_and_name_the_venue_and_test(report) -> None:
     for stem in ("table1", "table2"):
         text = (out / f"{stem}.html").read_text()
         headers = [
-            len(re.findall(r"<th", head)) for head in re.findall(r"<thead>.*?</thead>", text, re.S)
+            len(re.findall(r"<th[\s>]", head))
+            for head in re.findall(r"<thead>.*?</thead>", text, re.S)
         ]
         assert len(headers) == 4, stem  # Dice, tests, per structure R, per structure S
         assert max(headers) <= 9, headers

@@ -21,23 +21,39 @@ from deeprs.errors import DataError
 
 @dataclass(frozen=True)
 class CaseRecord:
-    """One preprocessed case: paths are absolute; ``label_path`` is None when unlabelled."""
+    """One preprocessed case: ``label_path`` is None when unlabelled.
+
+    ``source_image`` and ``source_label`` are the case's files before preprocessing, as
+    found (relative to the working directory when ``data.dir`` is), and ``transform_path``
+    the affine that maps grid points to the source image's points; all three are None in
+    manifests written before they were recorded.
+    """
 
     id: str
     subject: str
     labelled: bool
     image_path: Path
     label_path: Path | None
+    source_image: Path | None = None
+    source_label: Path | None = None
+    transform_path: Path | None = None
 
 
 @dataclass
 class Manifest:
-    """The preprocessed cohort: structure names, voxel spacing and the cases."""
+    """The preprocessed cohort: structure names, voxel spacing and the cases.
+
+    ``label_values`` maps structure names to their values in the source label files and
+    ``target_space`` is the training grid's geometry (:class:`deeprs.preprocess.space.TargetSpace`
+    as JSON); None in manifests written before they were recorded.
+    """
 
     path: Path
     labels: dict[str, int]
     spacing_xyz: tuple[float, float, float]
     cases: dict[str, CaseRecord]
+    label_values: dict[str, int] | None = None
+    target_space: dict[str, Any] | None = None
     _arrays: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
@@ -141,7 +157,22 @@ def _case_record(entry: Any, folder: Path, path: Path) -> CaseRecord:
         labelled=labelled,
         image_path=folder / image,
         label_path=folder / label if labelled else None,
+        source_image=_optional_path(entry, "source_image", path),
+        source_label=_optional_path(entry, "source_label", path),
+        transform_path=_optional_path(entry, "transform", path, folder),
     )
+
+
+def _optional_path(
+    entry: dict[str, Any], key: str, path: Path, folder: Path | None = None
+) -> Path | None:
+    """``entry[key]`` as a path (under ``folder`` when given), None when absent or null."""
+    value = entry.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise DataError(f"manifest '{path}': case '{entry['id']}' has a non-string '{key}'")
+    return folder / value if folder is not None else Path(value)
 
 
 def load_manifest(path: str | Path) -> Manifest:
@@ -162,11 +193,24 @@ def load_manifest(path: str | Path) -> Manifest:
         if record.id in cases:
             raise DataError(f"manifest '{path}': case '{record.id}' is listed twice")
         cases[record.id] = record
+    label_values = data.get("label_values")
+    if label_values is not None and (
+        not isinstance(label_values, dict)
+        or list(label_values) != list(labels)
+        or not all(isinstance(v, int) and v > 0 for v in label_values.values())
+    ):
+        raise DataError(
+            f"manifest '{path}': 'label_values' must map the names of 'labels', in their "
+            "order, to positive label values; rerun the preprocessing step"
+        )
+    target_space = data.get("target_space")
     return Manifest(
         path=path,
         labels=dict(labels),
         spacing_xyz=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
         cases=cases,
+        label_values=dict(label_values) if label_values is not None else None,
+        target_space=dict(target_space) if isinstance(target_space, dict) else None,
     )
 
 

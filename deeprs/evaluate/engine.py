@@ -3,8 +3,11 @@
 Registration is scored on every ordered pair of distinct test cases: the moving label is
 warped nearest-neighbour by the predicted displacement and compared with the fixed label
 (Dice, HD95 in mm, % of voxels with non-positive Jacobian determinant). Segmentation is
-scored on every test case: the argmax of S against the case's label. ``affine`` has no
-model: every case is already affinely aligned to one reference, so its displacement is zero.
+scored on every test case: the argmax of S against the case's label on the training grid
+(``segmentation``), and, from the same probabilities carried back onto the image's own
+grid, against the label file as drawn (``segmentation_native``, :mod:`deeprs.evaluate.native`).
+``affine`` has no model: every case is already affinely aligned to one reference, so its
+displacement is zero.
 Predictions come from :mod:`deeprs.inference.networks`, the functions the overlay figures
 and ``deeprs predict`` use, under the training's autocast. Columns of ``metrics.csv`` are
 documented in ``docs/architecture.md``.
@@ -30,10 +33,11 @@ from deeprs.evaluate.metrics import (
     nonpositive_jacobian_percent,
     surface_distance_maps,
 )
+from deeprs.evaluate.native import NativeScoring
 from deeprs.inference.model import TrainedModel, load_model_file
 from deeprs.inference.networks import (
     displacements,
-    segmentation_labels,
+    segmentation_probabilities,
     volume_tensor,
     warp_image,
     warp_label,
@@ -128,12 +132,19 @@ def predict_pairs(
     )
 
 
+def predict_probabilities(
+    volumes: TestVolumes, case: str, network: torch.nn.Module, cpu_bf16: bool = False
+) -> np.ndarray:
+    """S's class probabilities ``(C, z, y, x)`` (float32) of one test case."""
+    probabilities = segmentation_probabilities(network, volumes.images[case], cpu_bf16)
+    return _to_numpy(crop_to_shape(probabilities, volumes.shape)[0])
+
+
 def predict_segmentation(
     volumes: TestVolumes, case: str, network: torch.nn.Module, cpu_bf16: bool = False
 ) -> np.ndarray:
     """S's argmax class map ``(z, y, x)`` (uint8) of one test case."""
-    labels = segmentation_labels(network, volumes.images[case], cpu_bf16)
-    return _to_numpy(crop_to_shape(labels, volumes.shape)[0]).astype(np.uint8)
+    return predict_probabilities(volumes, case, network, cpu_bf16).argmax(axis=0).astype(np.uint8)
 
 
 def unpadded_label(volumes: TestVolumes, case: str) -> np.ndarray:
@@ -176,6 +187,30 @@ def registration_rows(
     progress.close()
 
 
+def scored_rows(
+    task: str,
+    sample: str,
+    predicted: np.ndarray,
+    expected: np.ndarray,
+    labels: dict[str, int],
+    spacing_zyx: tuple[float, float, float],
+) -> list[dict[str, object]]:
+    """One segmentation row per structure: Dice and HD95 (mm) of ``predicted`` against ``expected``."""
+    dices = dice(predicted, expected, labels)
+    distances = hd95(predicted, expected, labels, spacing_zyx)
+    return [
+        {
+            "task": task,
+            "sample": sample,
+            "structure": structure,
+            "dice": dices[structure],
+            "hd95_mm": distances[structure],
+            "nonpositive_jacobian_pct": float("nan"),
+        }
+        for structure in labels
+    ]
+
+
 def segmentation_rows(
     volumes: TestVolumes,
     cases: list[str],
@@ -183,25 +218,31 @@ def segmentation_rows(
     spacing_zyx: tuple[float, float, float],
     network: torch.nn.Module,
     cpu_bf16: bool = False,
-) -> Iterator[dict[str, object]]:
-    """Metric rows of S's argmax on each test case against its label."""
+    native: NativeScoring | None = None,
+) -> list[dict[str, object]]:
+    """Metric rows of S's argmax on each test case against its label on the grid, then
+    (with ``native``) on each image's own grid; S runs once per case for both."""
+    grid_rows: list[dict[str, object]] = []
+    native_rows: list[dict[str, object]] = []
     progress = Progress(len(cases), "evaluate segmentation cases", unit="case")
     for case in cases:
-        predicted = predict_segmentation(volumes, case, network, cpu_bf16)
+        probabilities = predict_probabilities(volumes, case, network, cpu_bf16)
+        predicted = probabilities.argmax(axis=0).astype(np.uint8)
         expected = unpadded_label(volumes, case)
-        dices = dice(predicted, expected, labels)
-        distances = hd95(predicted, expected, labels, spacing_zyx)
-        for structure in labels:
-            yield {
-                "task": "segmentation",
-                "sample": case,
-                "structure": structure,
-                "dice": dices[structure],
-                "hd95_mm": distances[structure],
-                "nonpositive_jacobian_pct": float("nan"),
-            }
+        grid_rows += scored_rows("segmentation", case, predicted, expected, labels, spacing_zyx)
+        if native is not None:
+            own = native.case(case)
+            native_rows += scored_rows(
+                "segmentation_native",
+                case,
+                native.predicted_classes(probabilities, own),
+                own.classes,
+                labels,
+                own.spacing_zyx,
+            )
         progress.update()
     progress.close()
+    return grid_rows + native_rows
 
 
 def fold_label(split: Split) -> str:
@@ -253,7 +294,10 @@ def evaluate_split(
         rows += registration_rows(volumes, pairs, labels, spacing, network, batch_size, cpu_bf16)
     if spec.segmentation:
         segmentation = networks["segmentation"]
-        rows += segmentation_rows(volumes, split.test, labels, spacing, segmentation, cpu_bf16)
+        native = NativeScoring.for_cases(manifest, split.test)
+        rows += segmentation_rows(
+            volumes, split.test, labels, spacing, segmentation, cpu_bf16, native
+        )
     table = pd.DataFrame(rows, columns=[c for c in METRICS_COLUMNS if c not in ("method", "fold")])
     table.insert(0, "fold", fold_label(split))
     table.insert(0, "method", spec.name)

@@ -195,7 +195,10 @@ class Predictor:
         for aligner, bundles in self.groups:
             aligned = aligner.align_image(path, native, heart_label)
             on_grid = grid_probabilities(bundles, aligned, self.device, self.cpu_bf16)
-            parts.append((probabilities_to_native(on_grid, aligned), len(bundles)))
+            native_part = probabilities_to_native(
+                on_grid, aligned.target.grid, aligned.native, aligned.affine
+            )
+            parts.append((native_part, len(bundles)))
         return merge_native(parts)
 
     def probabilities(self, path: Path) -> tuple[sitk.Image, NativeProbabilities]:

@@ -144,20 +144,21 @@ class NativeProbabilities:
 
 
 def probabilities_to_native(
-    probabilities: np.ndarray, aligned: AlignedImage
+    probabilities: np.ndarray, grid: sitk.Image, native: sitk.Image, affine: sitk.Transform
 ) -> NativeProbabilities:
-    """Grid probabilities ``(C, z, y, x)`` resampled onto the native grid, inside the covered box.
+    """Grid probabilities ``(C, z, y, x)`` resampled onto ``native``'s grid, inside the
+    covered box; ``affine`` maps ``grid``'s points to ``native``'s. Used by prediction
+    (:class:`AlignedImage`'s fields) and by evaluation (a test case's recorded affine).
 
     Foreground classes are interpolated linearly (0 outside the grid); background is what
     they leave, so every voxel's probabilities still sum to one.
     """
-    grid, native = aligned.target.grid, aligned.native
-    box = covered_box(native, grid, aligned.affine)
+    box = covered_box(native, grid, affine)
     region = sitk.Image([int(v) for v in box.size], sitk.sitkUInt8)
     region.SetSpacing(native.GetSpacing())
     region.SetDirection(native.GetDirection())
     region.SetOrigin(native.TransformIndexToPhysicalPoint([int(v) for v in box.start]))
-    inverse = aligned.affine.GetInverse()
+    inverse = affine.GetInverse()
     foreground = [
         sitk.GetArrayFromImage(
             sitk.Resample(

@@ -29,7 +29,7 @@ from deeprs.errors import DataError
 from deeprs.io import write_json, write_text
 from deeprs.preprocess.affine import AffineRegistrar, ElastixLog
 from deeprs.preprocess.case import CaseOutput, process_case
-from deeprs.preprocess.outputs import write_case_files
+from deeprs.preprocess.outputs import transform_file, write_case_files
 from deeprs.preprocess.plan import preprocess_plan, write_plan
 from deeprs.preprocess.qc import consensus_label, log_overlap, qc_table, similarity_outliers
 from deeprs.preprocess.qc_mosaic import write_qc_mosaic
@@ -170,14 +170,16 @@ def preprocess_cohort(
         flagged,
     )
     write_plan(out, preprocess_plan(settings, reference.target))
+    sources = {files.id: files for files in cohort}
     manifest = {
         "labels": {name: index for index, name in enumerate(settings.labels, start=1)},
+        "label_values": dict(settings.labels),
         "target_shape_xyz": list(settings.target_shape_xyz),
         "spacing_xyz": [round(float(v), 6) for v in reference.space.spacing_xyz],
         "target_space": reference.space.to_json(),
         "reference": reference.case.id,
         "flagged": sorted(set(flagged)),
-        "cases": [_manifest_entry(o) for o in outputs],
+        "cases": [_manifest_entry(o, sources[o.case_id]) for o in outputs],
     }
     write_json(out / "manifest.json", manifest)
     log_overlap(outputs, n_classes)
@@ -202,11 +204,16 @@ def _mosaic_contours(
     )
 
 
-def _manifest_entry(output: CaseOutput) -> dict[str, Any]:
+def _manifest_entry(output: CaseOutput, files: CaseFiles) -> dict[str, Any]:
+    """Arrays and transform relative to the manifest's folder; the source files as found
+    (relative to the working directory when ``data.dir`` is)."""
     return {
         "id": output.case_id,
         "subject": output.subject,
         "labelled": output.label is not None,
         "image": f"images/{output.case_id}.npy",
         "label": f"labels/{output.case_id}.npy" if output.label is not None else None,
+        "transform": transform_file(output.case_id),
+        "source_image": str(files.image),
+        "source_label": str(files.label) if files.label is not None else None,
     }

@@ -43,7 +43,9 @@ SAMPLE_DEFINITION = (
     "Dice in % as mean ± std (ddof=1) over all test samples of all folds, a sample being "
     "the mean over structures of one test pair (registration) or one test image "
     "(segmentation); per-structure cells are mean ± std of that structure over the same "
-    f"samples. p: two-sided paired {tables.TEST_NAME} test (scipy.stats.wilcoxon) of DeepRS "
+    "samples. S-Dice % (native): segmentation scored on each test image's own grid against "
+    "its label file, as nnU-Net scores; every other figure is on the training grid. "
+    f"p: two-sided paired {tables.TEST_NAME} test (scipy.stats.wilcoxon) of DeepRS "
     "against the row over the (fold, sample) pairs both have; 'DeepRS − row' is the mean "
     "paired difference. Paper figures: He et al., ECCV 2020, Tables 1 and 2."
 )

@@ -20,7 +20,11 @@ from deeprs.errors import DataError
 from deeprs.evaluate import METRICS_COLUMNS
 
 TASKS = ("registration", "segmentation")
+"""The tasks scored on the training grid: the paper's, and those every table compares."""
 TASK_PREFIX = {"registration": "R", "segmentation": "S"}
+NATIVE_TASK = "segmentation_native"
+"""Segmentation scored on each test image's own grid (Table 1's "S-Dice % (native)")."""
+KNOWN_TASKS = (*TASKS, NATIVE_TASK)
 
 
 def fold_metrics_path(results: Path, method: str, fold: int) -> Path:
@@ -47,11 +51,11 @@ def read_metrics(path: Path, method: str) -> pd.DataFrame:
             f"metrics file '{path}' lacks the columns {', '.join(missing)}; "
             "rerun `deeprs evaluate` to rewrite it"
         )
-    unknown_tasks = sorted(set(frame["task"]) - set(TASKS))
+    unknown_tasks = sorted(set(frame["task"]) - set(KNOWN_TASKS))
     if unknown_tasks:
         raise DataError(
             f"metrics file '{path}' has unknown tasks {', '.join(map(str, unknown_tasks))}; "
-            f"the column 'task' takes {' or '.join(TASKS)}"
+            f"the column 'task' takes {', '.join(KNOWN_TASKS)}"
         )
     other_methods = sorted(set(frame["method"].astype(str)) - {method})
     if other_methods:

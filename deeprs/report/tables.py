@@ -3,6 +3,9 @@
 Statistics (also in the captions and docs/methods.md):
 - Dice of a sample = mean over structures of that test pair / test image; a table cell is
   mean ± std (``ddof=1``) over all samples of all folds, in %.
+- S-Dice % (native): the same for segmentation scored on each test image's own grid
+  against its label file (``segmentation_native`` rows); every other column, test and
+  per-structure table uses the training-grid scores, as the paper does.
 - Per-structure columns: mean ± std Dice of that structure over all samples, in %.
 - HD95: mean over samples of the per-sample mean over structures, in mm.
 - Folding: mean over registration samples of the % of voxels with det(J) <= 0.
@@ -27,7 +30,7 @@ import pandas as pd
 from scipy import stats
 
 from deeprs.io import write_text
-from deeprs.report.collect import TASK_PREFIX, TASKS, MetricsSet, sample_scores
+from deeprs.report.collect import NATIVE_TASK, TASK_PREFIX, TASKS, MetricsSet, sample_scores
 from deeprs.report.paper import REFERENCE_METHOD, PaperRow, does_task
 
 TEST_NAME = "Wilcoxon signed-rank"
@@ -114,6 +117,9 @@ def summarise(
                 values = task_rows.loc[task_rows["structure"] == structure, "dice"] * 100
                 mean, std = _mean_std(values)
                 row[f"{prefix}_dice_{structure}"], row[f"{prefix}_dice_{structure}_std"] = mean, std
+        native = samples[(samples["method"] == method) & (samples["task"] == NATIVE_TASK)]
+        row["s_native_dice_mean"], row["s_native_dice_std"] = _mean_std(native["dice"] * 100)
+        row["s_native_n_samples"] = len(native)
         registration = samples[(samples["method"] == method) & (samples["task"] == "registration")]
         row["r_folding_pct_mean"], row["r_folding_pct_std"] = _mean_std(
             registration["nonpositive_jacobian_pct"]
@@ -125,7 +131,7 @@ def summarise(
 def per_fold(metrics: MetricsSet, methods: list[str]) -> pd.DataFrame:
     """Mean ± std Dice (%) over the samples of each fold: how much the folds differ."""
     samples = sample_scores(metrics.frame)
-    samples = samples[samples["method"].isin(methods)]
+    samples = samples[samples["method"].isin(methods) & samples["task"].isin(TASKS)]
     if samples.empty:
         return pd.DataFrame(
             columns=["method", "task", "fold", "n_samples", "dice_mean_pct", "dice_std_pct"]
@@ -175,11 +181,14 @@ def _dice_table(summary: pd.DataFrame) -> pd.DataFrame:
         row = {"Method": _row_label(record)}
         for task in TASKS:
             prefix, key = TASK_PREFIX[task], TASK_PREFIX[task].lower()
-            if record["status"] == "missing":
-                ours = "missing" if does_task(record["method"], task) else "-"
-            else:
-                ours = _cell(record[f"{key}_dice_mean"], record[f"{key}_dice_std"])
-            row[f"{prefix}-Dice %"] = ours
+            columns = {f"{prefix}-Dice %": key}
+            if task == "segmentation":
+                columns["S-Dice % (native)"] = "s_native"
+            for column, field in columns.items():
+                if record["status"] == "missing":
+                    row[column] = "missing" if does_task(record["method"], task) else "-"
+                else:
+                    row[column] = _cell(record[f"{field}_dice_mean"], record[f"{field}_dice_std"])
             row[f"{prefix}-Dice % (paper)"] = _cell(
                 record[f"{key}_paper_mean"], record[f"{key}_paper_std"]
             )

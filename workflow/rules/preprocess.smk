@@ -5,7 +5,7 @@
 rule preprocess:
     """Crop, affine-align and resample every case; manifest.json is written last."""
     input:
-        preprocess_inputs(),
+        cohort_files(),
     output:
         manifest=f"{RESULTS}/preprocessed/manifest.json",
         qc=f"{RESULTS}/preprocessed/qc.csv",
