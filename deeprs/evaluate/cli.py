@@ -10,6 +10,8 @@ import argparse
 import logging
 from pathlib import Path
 
+import SimpleITK as sitk
+
 from deeprs.data.cases import load_manifest, load_split
 from deeprs.device import add_cpu_bf16_argument, select_device, set_threads
 from deeprs.errors import DeeprsError
@@ -26,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, help="model.pt of a trained method")
     parser.add_argument("--out", type=Path, required=True, help="metrics.csv to write")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads for torch and SimpleITK"
+    )
     parser.add_argument(
         "--batch-size", type=int, default=8, help="registration pairs per network pass"
     )
@@ -35,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
+    # Native scoring resamples with SimpleITK, which would otherwise use every core.
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     device = select_device(args.device)
     spec = get_method(args.method)
     manifest = load_manifest(args.manifest)
