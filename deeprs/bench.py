@@ -135,6 +135,7 @@ def _ours_step(case: BenchCase, device: torch.device) -> Callable[[], None]:
     from deeprs.train.steps import (
         Pair,
         discriminator_step,
+        joint_step,
         registration_step,
         segmentation_step,
     )
@@ -159,16 +160,11 @@ def _ours_step(case: BenchCase, device: torch.device) -> Callable[[], None]:
         displacement = networks.registration(moving, fixed).float()
         warped = warp(moving, displacement)
 
-    def joint() -> None:
-        _, step_displacement, step_warped = registration_step(context, networks, pair)
-        discriminator_step(context, networks, pair, step_warped)
-        segmentation_step(context, networks, pair, step_displacement.float())
-
     return {
         "R": lambda: registration_step(context, networks, pair),
         "D": lambda: discriminator_step(context, networks, pair, warped),
         "S": lambda: segmentation_step(context, networks, pair, displacement),
-        "joint": joint,
+        "joint": lambda: joint_step(context, networks, pair),
     }[case.step]
 
 

@@ -157,12 +157,7 @@ def train_once(
     """One DeepRS training run on synthetic volumes; raises :class:`GpuCheckError` on a fallback."""
     from deeprs import perf
     from deeprs.methods import get_method
-    from deeprs.train.steps import (
-        Pair,
-        discriminator_step,
-        registration_step,
-        segmentation_step,
-    )
+    from deeprs.train.steps import Pair, joint_step
     from deeprs.train.trainer import TrainSettings, build_step
 
     x, y, z = shape_xyz
@@ -193,9 +188,7 @@ def train_once(
         _synchronize(device)
         began = time.perf_counter()
         with _watch(device, iteration == WATCHED_ITERATION) as watcher:
-            _, displacement, warped = registration_step(context, networks, pair)
-            discriminator_step(context, networks, pair, warped)
-            segmentation_step(context, networks, pair, displacement.float())
+            joint_step(context, networks, pair)
         _synchronize(device)
         times.append(time.perf_counter() - began)
         if watcher is not None:

@@ -15,10 +15,12 @@ from deeprs.cli import main as deeprs_main
 from deeprs.losses import local_ncc_loss, smoothness_loss
 from deeprs.methods import get_method
 from deeprs.nets import build_network
+from deeprs.terms import terms_of
 from deeprs.train.steps import (
     Pair,
     StepContext,
     discriminator_step,
+    joint_step,
     registration_step,
     segmentation_step,
 )
@@ -123,6 +125,50 @@ def test_reference_iteration_computes_our_losses_and_updates(separable_ncc):
     for term in ("seg_ce", "seg_acm"):
         assert theirs_s[term] == pytest.approx(ours_s[term], rel=1e-4), term
     _assert_same_gradients(ours.segmentation, theirs.segmentation)
+
+
+@pytest.mark.parametrize("method_name", ["deeprs", "ablation_rs_drc", "deepatlas"])
+def test_joint_step_equals_the_three_steps_with_one_segmentation_pass_less(method_name):
+    """``joint_step`` (the trainer's iteration) computes what R, D and S's own steps compute
+    one after another: the same terms and the same gradients on all three networks. Where
+    S segments the fixed image for its own terms (DeepRS' ACM), R's DRC target reuses those
+    logits, so S sees one image less per iteration; where it does not (R+S+DRC) nothing is
+    saved. DeepAtlas reads S on the fixed image for its anatomy term."""
+    method = get_method(method_name)
+    settings = TrainSettings(width=0.25, seed=SEED, weights=WEIGHTS)
+    device = torch.device("cpu")
+    sequential, _ = build_networks(method, NUM_CLASSES, settings, device)
+    torch.nn.init.normal_(sequential.registration.flow.weight, std=0.05)
+    joint = copy.deepcopy(sequential)
+    moving, label, fixed = synthetic_pair(SHAPE_ZYX, NUM_CLASSES, SEED)
+    pair = Pair(moving, label, fixed, None)
+
+    def context() -> StepContext:
+        generator = torch.Generator().manual_seed(SEED)
+        return StepContext(method, settings.weights, NUM_CLASSES, device, generator, 2e-4)
+
+    def count_images(networks) -> list[int]:
+        seen: list[int] = []
+        networks.segmentation.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+        return seen
+
+    sequential_images, joint_images = count_images(sequential), count_images(joint)
+    step = context()
+    expected, displacement, warped = registration_step(step, sequential, pair)
+    if method.discriminator:
+        expected.update(discriminator_step(step, sequential, pair, warped))
+    expected.update(segmentation_step(step, sequential, pair, displacement.float()))
+    got = joint_step(context(), joint, pair)
+
+    assert set(got) == set(expected)
+    for term, value in expected.items():
+        assert got[term] == pytest.approx(value, rel=1e-5, abs=1e-7), term
+    for name in ("registration", "segmentation", "discriminator"):
+        if getattr(sequential, name) is not None:
+            _assert_same_gradients(getattr(joint, name), getattr(sequential, name))
+    reuses = "fixed" in {t.segmentation_input for t in terms_of("segmentation", method.terms)}
+    assert sum(joint_images) == sum(sequential_images) - (1 if reuses else 0)
+    assert reuses == (method_name != "ablation_rs_drc")
 
 
 def test_bench_writes_its_table_as_json(tmp_path, capsys):

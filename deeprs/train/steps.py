@@ -6,6 +6,10 @@ passes). The inputs the terms share (warped labels, S's prediction on the fixed 
 D's confidence) are computed once per step, when a term first reads them. Each step
 returns the unweighted value of every term it computed, named as the columns of
 ``losses.csv``, and refuses to apply an update whose loss is NaN or infinite.
+
+:func:`joint_step` is one iteration of a method with R. It runs S's one batched forward
+right after R's forward, so that R's constant target on the fixed image (DRC, DeepAtlas'
+anatomy) is S's own logits of that iteration instead of a second S pass.
 """
 
 from __future__ import annotations
@@ -131,10 +135,18 @@ class RegistrationInputs:
     pair: Pair
     displacement: torch.Tensor
     warped: torch.Tensor
+    segmented_fixed: torch.Tensor | None = None
+    """S's logits on the fixed image from this iteration's S forward, when it has one."""
 
     @cached_property
     def fixed_logits(self) -> torch.Tensor:
-        """S's prediction on the fixed image, a constant target (DRC, DeepAtlas' anatomy)."""
+        """S's prediction on the fixed image, a constant target (DRC, DeepAtlas' anatomy).
+
+        S's weights do not change between the R and S updates of one iteration, so S's
+        own forward on the fixed image serves, detached; without one S runs here.
+        """
+        if self.segmented_fixed is not None:
+            return self.segmented_fixed.detach()
         assert self.networks.segmentation is not None
         with torch.no_grad():
             return self.networks.segmentation(self.pair.fixed)
@@ -159,24 +171,51 @@ class RegistrationInputs:
         return torch.softmax(self.fixed_logits.float(), dim=1)
 
 
+@dataclass
+class Registered:
+    """R's forward on a pair: the displacement and the warped moving image (with R's graph)."""
+
+    displacement: torch.Tensor
+    warped: torch.Tensor
+
+
+def registration_forward(context: StepContext, networks: Networks, pair: Pair) -> Registered:
+    registration = networks.registration
+    assert registration is not None
+    with autocast(context.device, context.cpu_bf16):
+        displacement = registration(pair.moving, pair.fixed)
+        return Registered(displacement, warp(pair.moving, displacement))
+
+
+def registration_update(
+    context: StepContext,
+    networks: Networks,
+    pair: Pair,
+    registered: Registered,
+    segmented_fixed: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Update R from its forward (S and D frozen); ``segmented_fixed`` as in
+    :class:`RegistrationInputs`."""
+    with (
+        frozen(networks.segmentation, networks.discriminator),
+        autocast(context.device, context.cpu_bf16),
+    ):
+        inputs = RegistrationInputs(
+            context, networks, pair, registered.displacement, registered.warped, segmented_fixed
+        )
+        active = terms_of("registration", context.method.terms)
+        total, terms = _weighted_sum(context, active, inputs)
+    return _apply(networks.optimizers["registration"], total, terms)
+
+
 def registration_step(
     context: StepContext, networks: Networks, pair: Pair
 ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """Update R (S and D frozen). Returns the terms, the displacement and the warped image
     (both detached) for the D and S steps of the same iteration."""
-    registration = networks.registration
-    assert registration is not None
-    with (
-        frozen(networks.segmentation, networks.discriminator),
-        autocast(context.device, context.cpu_bf16),
-    ):
-        displacement = registration(pair.moving, pair.fixed)
-        warped = warp(pair.moving, displacement)
-        inputs = RegistrationInputs(context, networks, pair, displacement, warped)
-        active = terms_of("registration", context.method.terms)
-        total, terms = _weighted_sum(context, active, inputs)
-    values = _apply(networks.optimizers["registration"], total, terms)
-    return values, displacement.detach(), warped.detach()
+    registered = registration_forward(context, networks, pair)
+    values = registration_update(context, networks, pair, registered)
+    return values, registered.displacement.detach(), registered.warped.detach()
 
 
 def discriminator_lr_factor(loss: float) -> float:
@@ -238,6 +277,8 @@ class SegmentationInputs:
     pair: Pair
     displacement: torch.Tensor | None
     logits: dict[str, torch.Tensor] = field(default_factory=dict)
+    active: list[LossTerm] = field(default_factory=list)
+    """The S terms this step computes."""
 
     @cached_property
     def sampled_displacement(self) -> torch.Tensor:
@@ -288,16 +329,16 @@ class SegmentationInputs:
         return self.warped_image if role == "warped" else getattr(self.pair, role)
 
 
-def segmentation_step(
+def segmentation_forward(
     context: StepContext,
     networks: Networks,
     pair: Pair,
     displacement: torch.Tensor | None,
-) -> dict[str, float]:
-    """Update S (R and D frozen: ``displacement`` is detached).
+) -> SegmentationInputs:
+    """S's logits (with graph) on every image its active terms segment, in one batched call.
 
     Without a displacement (DeepAtlas' pre-training, the segmentation baselines) only the
-    terms that do not use R run.
+    terms that do not use R are active.
     """
     segmentation = networks.segmentation
     assert segmentation is not None
@@ -306,12 +347,64 @@ def segmentation_step(
         for term in terms_of("segmentation", context.method.terms)
         if displacement is not None or not term.uses_registration
     ]
-    inputs = SegmentationInputs(context, networks, pair, displacement)
+    inputs = SegmentationInputs(context, networks, pair, displacement, active=active)
     roles = {term.segmentation_input for term in active}
     images = {role: inputs.image(role) for role in SEGMENTATION_INPUTS if role in roles}
     with autocast(context.device, context.cpu_bf16):
-        # One batched forward of every image S sees in this step.
         batch = segmentation(torch.cat(list(images.values())))
-        inputs.logits = dict(zip(images, batch.split(1), strict=True))
-        total, terms = _weighted_sum(context, active, inputs)
+    inputs.logits = dict(zip(images, batch.split(1), strict=True))
+    return inputs
+
+
+def segmentation_update(
+    context: StepContext, networks: Networks, inputs: SegmentationInputs
+) -> dict[str, float]:
+    """Update S from its forward (R and D frozen: the displacement is detached)."""
+    with autocast(context.device, context.cpu_bf16):
+        total, terms = _weighted_sum(context, inputs.active, inputs)
     return _apply(networks.optimizers["segmentation"], total, terms)
+
+
+def segmentation_step(
+    context: StepContext,
+    networks: Networks,
+    pair: Pair,
+    displacement: torch.Tensor | None,
+) -> dict[str, float]:
+    """Update S (R and D frozen: ``displacement`` is detached)."""
+    return segmentation_update(
+        context, networks, segmentation_forward(context, networks, pair, displacement)
+    )
+
+
+def joint_step(
+    context: StepContext,
+    networks: Networks,
+    pair: Pair,
+    update_registration: bool = True,
+    update_segmentation: bool = True,
+) -> dict[str, float]:
+    """One iteration of a method with R: update R, then D, then S (section 3.2).
+
+    S's forward runs once, right after R's: S's weights do not change before its own
+    update, so its logits on the fixed image also serve as R's constant DRC or anatomy
+    target (no second S pass on that image). Returns every computed term.
+    """
+    segments = update_segmentation and context.method.segmentation
+    if not update_registration:
+        return segmentation_step(context, networks, pair, None) if segments else {}
+    registered = registration_forward(context, networks, pair)
+    displacement = registered.displacement.detach().float()
+    segmented = segmentation_forward(context, networks, pair, displacement) if segments else None
+    row = registration_update(
+        context,
+        networks,
+        pair,
+        registered,
+        segmented.logits.get("fixed") if segmented is not None else None,
+    )
+    if context.method.discriminator:
+        row.update(discriminator_step(context, networks, pair, registered.warped.detach()))
+    if segmented is not None:
+        row.update(segmentation_update(context, networks, segmented))
+    return row

@@ -48,8 +48,7 @@ from deeprs.train.steps import (
     NonFiniteLossError,
     Pair,
     StepContext,
-    discriminator_step,
-    registration_step,
+    joint_step,
     segmentation_step,
 )
 from deeprs.train.validation import (
@@ -371,15 +370,9 @@ class Trainer:
         update_registration, update_segmentation = active_updates(
             self.method, iteration, self.settings.iterations
         )
-        displacement = None
-        if update_registration:
-            values, displacement, warped = registration_step(self.context, self.networks, pair)
-            displacement = displacement.float()
-            row.update(values)
-            if self.method.discriminator:
-                row.update(discriminator_step(self.context, self.networks, pair, warped))
-        if update_segmentation and self.method.segmentation:
-            row.update(segmentation_step(self.context, self.networks, pair, displacement))
+        row.update(
+            joint_step(self.context, self.networks, pair, update_registration, update_segmentation)
+        )
         return row
 
     def checkpoint(self, iteration: int) -> None:
