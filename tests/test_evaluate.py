@@ -14,6 +14,7 @@ from torch import nn
 
 from deeprs.cli import main
 from deeprs.data.cases import Split, load_manifest, load_split
+from deeprs.errors import DataError
 from deeprs.evaluate import METRICS_COLUMNS
 from deeprs.evaluate.engine import evaluate_split, load_test_volumes
 from deeprs.evaluate.metrics import hd95
@@ -402,3 +403,15 @@ def test_a_missing_source_file_is_one_line(
     assert len(error) == 1 and f"source label '{source}'" in error[0]
     assert "restore the cohort folder" in error[0]
     assert not (tmp_path / "m.csv").exists()
+    manifest = load_manifest(manifest_path)
+    calls = []
+    network.register_forward_hook(lambda *_: calls.append(1))
+    with pytest.raises(DataError, match="c1_label.nii.gz"):
+        evaluate_split(
+            get_method("unet3d"),
+            manifest,
+            load_split(cohort[1], manifest),
+            {"segmentation": network},
+            torch.device("cpu"),
+        )
+    assert not calls, "the missing file stops the run before S runs"

@@ -81,20 +81,29 @@ class NativeScoring:
                 manifest.path,
             )
             return None
-        return cls(manifest)
+        scoring = cls(manifest)
+        for case_id in case_ids:  # a missing file stops the run before S runs
+            scoring.files(case_id)
+        return scoring
 
-    def case(self, case_id: str) -> NativeCase:
-        """The case's image, label classes and affine, with one line per missing file."""
+    def files(self, case_id: str) -> tuple[Path, Path, Path]:
+        """The case's source image, source label and transform; one line for a missing one."""
         record = self.manifest.record(case_id)
         restore = (
             "restore the cohort folder (data.dir) at that path, relative to the working "
             "directory, or rerun preprocessing where it now lies"
         )
-        image_path = _existing(record.source_image, "source image", case_id, self.manifest, restore)
-        label_path = _existing(record.source_label, "source label", case_id, self.manifest, restore)
-        transform_path = _existing(
-            record.transform_path, "transform", case_id, self.manifest, "rerun preprocessing"
+        return (
+            _existing(record.source_image, "source image", case_id, self.manifest, restore),
+            _existing(record.source_label, "source label", case_id, self.manifest, restore),
+            _existing(
+                record.transform_path, "transform", case_id, self.manifest, "rerun preprocessing"
+            ),
         )
+
+    def case(self, case_id: str) -> NativeCase:
+        """The case's image, label classes and affine."""
+        image_path, label_path, transform_path = self.files(case_id)
         image, label = read_volume(image_path), read_volume(label_path)
         check_same_grid(image, label, image_path, label_path)
         classes = sitk.GetArrayFromImage(label_to_classes(label, self.label_values, label_path))
