@@ -72,7 +72,7 @@ def load_test_volumes(
     shapes = {tuple(int(s) for s in manifest.image(case).shape) for case in cases}
     if len(shapes) != 1:
         raise DataError(
-            f"manifest '{manifest.path}': the test images of split '{split.name}' have "
+            f"manifest '{manifest.path}': the images of split '{split.name}' to score have "
             f"different shapes {sorted(shapes)}; rerun the preprocessing step"
         )
     images = {case: volume_tensor(manifest.image(case), device, multiple) for case in cases}

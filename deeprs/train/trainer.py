@@ -293,9 +293,10 @@ class Trainer:
         self.validation_set: ValidationSet = load_validation_set(
             self.manifest, self.split, self.device, max(NETWORK_MULTIPLE, multiple)
         )
-        self.validation_set.images = {
+        validation_volumes = self.validation_set.volumes
+        validation_volumes.images = {
             case: perf.prepare_volume(image, layout)
-            for case, image in self.validation_set.images.items()
+            for case, image in validation_volumes.images.items()
         }
         self.pairs = (
             EpochSampler(training_pairs(self.data.moving_ids, self.data.fixed_ids), settings.seed)
