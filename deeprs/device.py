@@ -68,6 +68,14 @@ def add_cpu_bf16_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_runtime_arguments(parser: argparse.ArgumentParser, threads_for: str) -> None:
+    """``--device``, ``--threads`` (CPU threads for ``threads_for``) and ``--cpu-bf16`` of the
+    commands that apply trained networks (evaluate, predict, register)."""
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    parser.add_argument("--threads", type=int, default=1, help=f"CPU threads for {threads_for}")
+    add_cpu_bf16_argument(parser)
+
+
 def set_threads(threads: int) -> None:
     """Use ``threads`` CPU threads for torch's intra-op work (the rule's ``threads``)."""
     if threads < 1:

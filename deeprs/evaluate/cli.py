@@ -13,7 +13,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from deeprs.data.cases import load_manifest, load_split
-from deeprs.device import add_cpu_bf16_argument, select_device, set_threads
+from deeprs.device import add_runtime_arguments, select_device, set_threads
 from deeprs.errors import DeeprsError
 from deeprs.evaluate.engine import evaluate_split, load_networks, write_metrics
 from deeprs.methods import get_method
@@ -27,14 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", type=Path, required=True, help="preprocessed manifest.json")
     parser.add_argument("--model", type=Path, help="model.pt of a trained method")
     parser.add_argument("--out", type=Path, required=True, help="metrics.csv to write")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="CPU threads for torch and SimpleITK"
-    )
     parser.add_argument(
         "--batch-size", type=int, default=8, help="registration pairs per network pass"
     )
-    add_cpu_bf16_argument(parser)
+    add_runtime_arguments(parser, "torch and SimpleITK")
 
 
 def run(args: argparse.Namespace) -> int:

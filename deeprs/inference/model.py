@@ -62,21 +62,27 @@ def read_torch_file(path: str | Path, what: str, remedy: str) -> dict[str, Any]:
     return payload
 
 
-def build_networks(records: Any, device: torch.device, source: str | Path) -> dict[str, nn.Module]:
-    """The registration and segmentation networks of a ``models`` entry, in eval mode."""
+def network_from_record(record: dict[str, Any], device: torch.device) -> nn.Module:
+    """Rebuild one network from its ``{"kind", "args", "state_dict"}`` record, on ``device``."""
+    network = build_network(record["kind"], **record["args"])
+    network.load_state_dict(record["state_dict"])
+    return network.to(device)
+
+
+def build_networks(
+    records: Any,
+    device: torch.device,
+    source: str | Path,
+    keys: tuple[str, ...] = INFERENCE_KEYS,
+) -> dict[str, nn.Module]:
+    """The networks among ``keys`` of a ``models`` entry, in eval mode (inference needs R
+    and S; training's own reader also takes D)."""
     if not isinstance(records, dict) or not set(records) <= set(MODEL_KEYS):
         raise DataError(
             f"'{source}' has no valid 'models' entry (keys must be among "
             f"{', '.join(MODEL_KEYS)}); rerun the training step"
         )
-    networks = {}
-    for key in INFERENCE_KEYS:
-        if key in records:
-            record = records[key]
-            network = build_network(record["kind"], **record["args"])
-            network.load_state_dict(record["state_dict"])
-            networks[key] = network.to(device).eval()
-    return networks
+    return {key: network_from_record(records[key], device).eval() for key in keys if key in records}
 
 
 def model_from_payload(

@@ -30,7 +30,7 @@ import SimpleITK as sitk
 import torch
 
 from deeprs.data.ingest import IMAGE_SUFFIXES
-from deeprs.device import DEVICE_CHOICES, add_cpu_bf16_argument, select_device, set_threads
+from deeprs.device import add_runtime_arguments, select_device, set_threads
 from deeprs.errors import DataError
 from deeprs.inference.bundle import BUNDLE_FILE, Bundle, load_bundle
 from deeprs.inference.networks import segmentation_probabilities, volume_tensor
@@ -290,9 +290,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="segment once, from the heart box carried from the reference (faster; by "
         "default a second pass crops by the first pass's label, as evaluation crops)",
     )
-    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and elastix")
-    add_cpu_bf16_argument(parser)
+    add_runtime_arguments(parser, "torch and elastix")
 
 
 def run(args: argparse.Namespace) -> int:

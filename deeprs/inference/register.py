@@ -33,7 +33,7 @@ import torch
 from scipy import ndimage
 
 from deeprs.data.ingest import check_same_grid, read_volume
-from deeprs.device import DEVICE_CHOICES, add_cpu_bf16_argument, select_device, set_threads
+from deeprs.device import add_runtime_arguments, select_device, set_threads
 from deeprs.errors import DataError
 from deeprs.inference.bundle import Bundle, load_bundle
 from deeprs.inference.networks import displacements, volume_tensor
@@ -237,9 +237,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bundle", type=Path, required=True, help="bundle.pt of a registration method"
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for the outputs")
-    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and elastix")
-    add_cpu_bf16_argument(parser)
+    add_runtime_arguments(parser, "torch and elastix")
 
 
 def run(args: argparse.Namespace) -> int:

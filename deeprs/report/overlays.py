@@ -31,12 +31,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from torch import nn  # noqa: E402
 
 from deeprs.data.cases import Manifest, Split, load_manifest, load_split  # noqa: E402
-from deeprs.device import (  # noqa: E402
-    DEVICE_CHOICES,
-    add_cpu_bf16_argument,
-    select_device,
-    set_threads,
-)
+from deeprs.device import add_runtime_arguments, select_device, set_threads  # noqa: E402
 from deeprs.errors import DataError  # noqa: E402
 from deeprs.evaluate.engine import (  # noqa: E402
     load_test_volumes,
@@ -315,9 +310,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--methods", nargs="+", required=True, help="methods in figure order")
     parser.add_argument("--out-dir", type=Path, default=Path("results/report"))
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    parser.add_argument("--threads", type=int, default=1)
-    add_cpu_bf16_argument(parser)
+    add_runtime_arguments(parser, "torch")
 
 
 def run(args: argparse.Namespace) -> int:

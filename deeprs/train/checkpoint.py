@@ -19,26 +19,16 @@ import torch
 from torch import nn
 
 from deeprs.errors import DataError
+from deeprs.inference.model import MODEL_KEYS, build_networks
 from deeprs.io import atomic_path
 
 LOG = logging.getLogger(__name__)
-
-MODEL_KEYS = ("registration", "segmentation", "discriminator")
 
 
 def network_record(kind: str, network: nn.Module) -> dict[str, Any]:
     """What rebuilds ``network``: its kind, constructor arguments and weights."""
     state = {name: tensor.detach().cpu() for name, tensor in network.state_dict().items()}
     return {"kind": kind, "args": dict(network.config), "state_dict": state}
-
-
-def build_from_record(record: dict[str, Any], device: torch.device) -> nn.Module:
-    """Rebuild a network from :func:`network_record` output, on ``device``."""
-    from deeprs.nets import build_network
-
-    network = build_network(record["kind"], **record["args"])
-    network.load_state_dict(record["state_dict"])
-    return network.to(device)
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
@@ -135,18 +125,7 @@ def load_models(path: str | Path, device: torch.device | str = "cpu") -> dict[st
     ``discriminator`` (only those the method trains; empty for ``affine``)."""
     path = Path(path)
     payload = read_payload(path, "model file")
-    models = payload.get("models")
-    if not isinstance(models, dict) or not set(models) <= set(MODEL_KEYS):
-        raise DataError(
-            f"model file '{path}' has no valid 'models' entry (keys must be among "
-            f"{', '.join(MODEL_KEYS)}); rerun the training step"
-        )
-    loaded = {
-        key: build_from_record(record, torch.device(device)) for key, record in models.items()
-    }
-    for network in loaded.values():
-        network.eval()
-    return loaded
+    return build_networks(payload.get("models"), torch.device(device), path, MODEL_KEYS)
 
 
 def load_model_info(path: str | Path) -> dict[str, Any]:
