@@ -16,7 +16,7 @@ from deeprs.cli import main
 from deeprs.data.cases import Split, load_manifest, load_split
 from deeprs.errors import DataError
 from deeprs.evaluate import METRICS_COLUMNS
-from deeprs.evaluate.engine import evaluate_split, load_test_volumes
+from deeprs.evaluate.engine import evaluate_split, load_networks, load_test_volumes
 from deeprs.evaluate.metrics import hd95
 from deeprs.methods import get_method
 from deeprs.nets import UNet3D, VoxelMorph2
@@ -278,6 +278,32 @@ def test_model_written_by_the_trainer_evaluates(cohort: tuple[Path, Path], tmp_p
     }
     registration = table[table["task"] == "registration"]
     assert registration["nonpositive_jacobian_pct"].between(0, 100).all()
+
+
+def test_training_validation_and_evaluation_score_alike(
+    cohort: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The trainer's last validation measurement and ``deeprs evaluate`` of the final model
+    agree when they score the same cases: one loading, forward pass, memory layout
+    (channels_last, as the trainer sets it) and Dice for both."""
+    manifest_path, _ = cohort
+    manifest = load_manifest(manifest_path)
+    cases = ["c1", "c2"]
+    split = Split("fold_0", 0, ["c0"], ["u0"], cases, validation=cases)
+    settings = TrainSettings(iterations=3, width=0.25, checkpoint_every=3, validate_every=3, seed=1)
+    result = train(
+        get_method("deeprs"), manifest, split, settings, tmp_path / "run", torch.device("cpu")
+    )
+    last = pd.read_csv(result.validation_csv).iloc[-1]
+    networks = load_networks(get_method("deeprs"), result.model_path, manifest, torch.device("cpu"))
+    table = evaluate_split(
+        get_method("deeprs"), manifest, split, networks, torch.device("cpu"), 8, settings.cpu_bf16
+    )
+    assert networks["registration"].flow.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    per_sample = table.groupby(["task", "sample"])["dice"].apply(lambda d: d.dropna().mean())
+    assert last["iteration"] == 3
+    assert per_sample["segmentation"].mean() == pytest.approx(last["s_dice"], abs=1e-9)
+    assert per_sample["registration"].mean() == pytest.approx(last["r_dice"], abs=1e-9)
 
 
 LABEL_VALUES = {"a": 205, "b": 420}

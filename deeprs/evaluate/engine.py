@@ -38,6 +38,7 @@ from deeprs.inference.model import TrainedModel, load_model_file
 from deeprs.inference.networks import (
     displacements,
     segmentation_probabilities,
+    use_training_layout,
     volume_tensor,
     warp_image,
     warp_label,
@@ -58,6 +59,11 @@ class TestVolumes:
     images: dict[str, torch.Tensor]
     labels: dict[str, torch.Tensor]
     shape: tuple[int, int, int]
+
+    @property
+    def padded_shape(self) -> tuple[int, int, int]:
+        """The ``(z, y, x)`` shape the networks see."""
+        return tuple(next(iter(self.images.values())).shape[2:])  # type: ignore[return-value]
 
 
 def load_test_volumes(
@@ -286,6 +292,7 @@ def evaluate_split(
         )
     divisors = [getattr(net, "size_divisor", 1) for net in networks.values()]
     volumes = load_test_volumes(manifest, split, device, max([NETWORK_MULTIPLE, *divisors]))
+    use_training_layout(networks.values(), volumes.padded_shape)
     labels, spacing = manifest.labels, manifest.spacing_zyx
     rows: list[dict[str, object]] = []
     if evaluates_registration(spec):

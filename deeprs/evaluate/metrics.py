@@ -31,6 +31,13 @@ def dice(pred: np.ndarray, target: np.ndarray, labels: Mapping[str, int]) -> dic
     return scores
 
 
+def mean_dice(scores: Mapping[str, float]) -> float:
+    """Mean of per-structure Dice over the structures present in either mask (as the tables
+    average a sample); NaN when none is."""
+    present = [value for value in scores.values() if not np.isnan(value)]
+    return float(np.mean(present)) if present else float("nan")
+
+
 def _surface(mask: np.ndarray) -> np.ndarray:
     """Mask voxels with a 6-neighbour outside the mask (the image border counts as outside)."""
     return mask & ~ndimage.binary_erosion(mask)

@@ -22,7 +22,9 @@ import torch
 import deeprs
 from deeprs.errors import DataError
 from deeprs.inference.model import TrainedModel, model_from_payload, read_torch_file
+from deeprs.inference.networks import use_training_layout
 from deeprs.io import atomic_path
+from deeprs.nets.padding import padded_shape
 from deeprs.preprocess.plan import PLAN_IMAGES, check_plan_version, read_plan
 
 BUNDLE_FORMAT = "deeprs-bundle"
@@ -138,9 +140,12 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> Bundle:
         )
     check_plan_version(payload.get("plan"), path)
     images = {name: _image_from_record(r) for name, r in payload["plan_images"].items()}
+    model = model_from_payload(payload, torch.device(device), path)
+    grid_zyx = tuple(reversed(payload["plan"]["target_shape_xyz"]))
+    use_training_layout(model.networks.values(), padded_shape(grid_zyx, model.multiple))
     return Bundle(
         path=path,
-        model=model_from_payload(payload, torch.device(device), path),
+        model=model,
         plan={**payload["plan"], "images": images},
         split=str(payload.get("split", "")),
         versions=dict(payload.get("versions") or {}),

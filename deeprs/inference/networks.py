@@ -4,15 +4,20 @@ Inputs are ``(N, 1, D, H, W)`` tensors already padded by :func:`volume_tensor` (
 with their edge, labels with background, as in training); outputs stay padded so callers
 warp on the same grid the networks saw and crop with ``crop_to_shape`` at the end. Every
 pass runs without gradients under :func:`deeprs.device.autocast`, the mixed precision of
-training, so a figure, a score and a prediction come from the same numbers.
+training, so a figure, a score and a prediction come from the same numbers; and
+:func:`use_training_layout` gives the networks the memory layout training gives them, the
+fast path of :mod:`deeprs.perf`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from deeprs import perf
 from deeprs.device import autocast
 from deeprs.nets.padding import NETWORK_MULTIPLE, pad_to_multiple
 from deeprs.nets.spatial import warp
@@ -29,6 +34,15 @@ def volume_tensor(
     # A copy: the arrays are often read-only memory maps of the preprocessed files.
     tensor = torch.tensor(padded, dtype=torch.int64 if label else torch.float32, device=device)
     return tensor[None, None]
+
+
+def use_training_layout(networks: Iterable[nn.Module | None], shape_zyx: Sequence[int]) -> None:
+    """The memory layout the trainer gives each network for volumes of ``shape_zyx`` (the
+    padded grid): the same fast path, and the same rounding, as training's validation."""
+    weighted = [net for net in networks if net is not None and any(True for _ in net.parameters())]
+    if weighted:
+        device = next(weighted[0].parameters()).device
+        perf.prepare_networks(weighted, perf.default_options(device), tuple(shape_zyx))
 
 
 @torch.no_grad()

@@ -38,8 +38,9 @@ from deeprs.evaluate.engine import (  # noqa: E402
     predict_pairs,
     predict_segmentation,
 )
-from deeprs.evaluate.metrics import dice  # noqa: E402
+from deeprs.evaluate.metrics import dice, mean_dice  # noqa: E402
 from deeprs.inference.model import TrainedModel, load_model_file  # noqa: E402
+from deeprs.inference.networks import use_training_layout  # noqa: E402
 from deeprs.io import atomic_path  # noqa: E402
 from deeprs.methods import get_method  # noqa: E402
 from deeprs.nets.padding import NETWORK_MULTIPLE  # noqa: E402
@@ -161,11 +162,6 @@ def draw_panels(
     return Path(out_path)
 
 
-def mean_dice(predicted: np.ndarray, expected: np.ndarray, labels: dict[str, int]) -> float:
-    """Mean over structures of :func:`deeprs.evaluate.metrics.dice` (as the tables average)."""
-    return float(np.nanmean(list(dice(predicted, expected, labels).values())))
-
-
 ModelLoader = Callable[[str], dict[str, nn.Module] | None]
 
 
@@ -221,6 +217,7 @@ def registration_panels(
         volumes = load_test_volumes(
             manifest, split, device, _multiple(models), [moving_id, fixed_id]
         )
+        use_training_layout(models.values(), volumes.padded_shape)
         predicted = predict_pairs(
             volumes, [(moving_id, fixed_id)], models.get("registration"), cpu_bf16, True
         )
@@ -232,7 +229,7 @@ def registration_panels(
                 predicted.images[0][z],
                 warped_label[z],
                 target=fixed_label[z],
-                dice=mean_dice(warped_label, fixed_label, manifest.labels),
+                dice=mean_dice(dice(warped_label, fixed_label, manifest.labels)),
             )
         )
     return panels, z
@@ -265,6 +262,7 @@ def segmentation_panels(
                 f"the model of '{method}' for split '{split.name}' has no segmentation network; retrain it"
             )
         volumes = load_test_volumes(manifest, split, device, _multiple(models), [case_id])
+        use_training_layout(models.values(), volumes.padded_shape)
         predicted = predict_segmentation(volumes, case_id, models["segmentation"], cpu_bf16)
         panels.append(
             Panel(
@@ -272,7 +270,7 @@ def segmentation_panels(
                 image[z],
                 predicted[z],
                 target=label[z],
-                dice=mean_dice(predicted, label, manifest.labels),
+                dice=mean_dice(dice(predicted, label, manifest.labels)),
             )
         )
     return panels, z

@@ -31,7 +31,7 @@ from deeprs.evaluate.engine import (
     registration_pairs,
     unpadded_label,
 )
-from deeprs.evaluate.metrics import dice
+from deeprs.evaluate.metrics import dice, mean_dice
 from deeprs.io import atomic_path
 
 VALIDATION_CSV = "validation.csv"
@@ -60,12 +60,6 @@ def load_validation_set(
     cases = list(split.validation or split.train_moving)
     volumes = load_test_volumes(manifest, split, device, multiple, cases=cases)
     return ValidationSet(volumes, dict(manifest.labels), source)
-
-
-def mean_dice(scores: dict[str, float]) -> float:
-    """Mean over the structures present in the truth or the prediction (1 when none is)."""
-    present = [value for value in scores.values() if not np.isnan(value)]
-    return float(np.mean(present)) if present else 1.0
 
 
 def _in_eval_mode(networks: list[nn.Module]) -> list[bool]:
