@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,6 @@ from deeprs.evaluate.metrics import (
     nonpositive_jacobian_percent,
     surface_distance_maps,
 )
-from deeprs.evaluate.native import NativeScoring
 from deeprs.inference.model import TrainedModel, load_model_file
 from deeprs.inference.networks import (
     displacements,
@@ -47,6 +47,9 @@ from deeprs.io import atomic_path
 from deeprs.methods import MethodSpec
 from deeprs.nets.padding import NETWORK_MULTIPLE, crop_to_shape
 from deeprs.progress import Progress
+
+if TYPE_CHECKING:  # SimpleITK: training's validation imports this module without it
+    from deeprs.evaluate.native import NativeScoring
 
 
 @dataclass
@@ -301,6 +304,8 @@ def evaluate_split(
         rows += registration_rows(volumes, pairs, labels, spacing, network, batch_size, cpu_bf16)
     if spec.segmentation:
         segmentation = networks["segmentation"]
+        from deeprs.evaluate.native import NativeScoring
+
         native = NativeScoring.for_cases(manifest, split.test)
         rows += segmentation_rows(
             volumes, split.test, labels, spacing, segmentation, cpu_bf16, native
