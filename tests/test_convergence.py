@@ -147,3 +147,29 @@ def test_the_standard_error_is_scipys_slope_error_over_the_last_third() -> None:
     assert change_se == pytest.approx(reference.stderr * 200 * 100)
     exact = 0.5 + 0.001 * ITERATIONS / 100
     assert convergence.trend_over_last_third(ITERATIONS, exact)[1] == pytest.approx(0, abs=1e-9)
+
+
+def test_search_figure_names_every_method_of_each_signal(tmp_path: Path, monkeypatch) -> None:
+    """Each row of ``budget.png`` (S, R) has a legend naming the methods drawn in it."""
+    import matplotlib.pyplot as plt
+
+    from deeprs.commands import budget
+
+    flat = np.full(ITERATIONS.size, 0.7)
+    runs = {
+        (0.001, "unet3d"): frame_of(flat, None),
+        (0.001, "voxelmorph2"): frame_of(None, flat),
+        (0.001, "deeprs"): frame_of(flat, flat),
+    }
+    write_search(tmp_path, runs)
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda figure: figures.append(figure))
+    budget.plot_search(
+        tmp_path, [0.001], ["unet3d", "voxelmorph2", "deeprs"], "fold_0", tmp_path / "b.png"
+    )
+    (figure,) = figures
+    s_axis, r_axis = figure.axes
+    legend_names = [
+        [text.get_text() for text in axis.get_legend().get_texts()] for axis in (s_axis, r_axis)
+    ]
+    assert legend_names == [["unet3d", "deeprs"], ["voxelmorph2", "deeprs"]]

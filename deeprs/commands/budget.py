@@ -134,7 +134,8 @@ def plot_search(results: Path, lrs: list[float], methods: list[str], split: str,
             axis.set_xlabel("iteration")
             axis.set_ylabel("Dice (%)")
             axis.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7, frameon=False)
+    for row in range(len(signals)):  # each signal has its own methods: a legend per row
+        axes[row, 0].legend(fontsize=7, frameon=False)
     figure.tight_layout()
     path = save_figure(figure, out)
     plt.close(figure)
