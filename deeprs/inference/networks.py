@@ -38,7 +38,7 @@ def volume_tensor(
 
 def use_training_layout(networks: Iterable[nn.Module | None], shape_zyx: Sequence[int]) -> None:
     """The memory layout the trainer gives each network for volumes of ``shape_zyx`` (the
-    padded grid): the same fast path, and the same rounding, as training's validation."""
+    padded grid): the same fast path as training and its validation."""
     weighted = [net for net in networks if net is not None and any(True for _ in net.parameters())]
     if weighted:
         device = next(weighted[0].parameters()).device
@@ -53,14 +53,6 @@ def segmentation_probabilities(
     with autocast(images.device, cpu_bf16):
         logits = network(images)
     return torch.softmax(logits.float(), dim=1)
-
-
-@torch.no_grad()
-def segmentation_labels(
-    network: nn.Module, images: torch.Tensor, cpu_bf16: bool = False
-) -> torch.Tensor:
-    """The argmax class map ``(N, D, H, W)`` (int64)."""
-    return segmentation_probabilities(network, images, cpu_bf16).argmax(dim=1)
 
 
 @torch.no_grad()

@@ -62,6 +62,13 @@ def load_validation_set(
     return ValidationSet(volumes, dict(manifest.labels), source)
 
 
+def _mean_over_samples(scores: list[float]) -> float:
+    """Mean over samples, skipping one where no structure is drawn or predicted (NaN), as
+    the report's tables do."""
+    present = [score for score in scores if not np.isnan(score)]
+    return float(np.mean(present)) if present else float("nan")
+
+
 def _in_eval_mode(networks: list[nn.Module]) -> list[bool]:
     modes = [net.training for net in networks]
     for net in networks:
@@ -82,19 +89,17 @@ def validate(
     try:
         s_dice = float("nan")
         if segmentation is not None:
-            s_dice = float(
-                np.mean(
-                    [
-                        mean_dice(
-                            dice(
-                                predict_segmentation(volumes, case, segmentation, cpu_bf16),
-                                unpadded_label(volumes, case),
-                                labels,
-                            )
+            s_dice = _mean_over_samples(
+                [
+                    mean_dice(
+                        dice(
+                            predict_segmentation(volumes, case, segmentation, cpu_bf16),
+                            unpadded_label(volumes, case),
+                            labels,
                         )
-                        for case in volumes.images
-                    ]
-                )
+                    )
+                    for case in volumes.images
+                ]
             )
         r_dice = float("nan")
         pairs = registration_pairs(list(volumes.images))
@@ -106,7 +111,7 @@ def validate(
                 for index, (_, fixed) in enumerate(batch):
                     warped = predicted.labels[index]
                     scores.append(mean_dice(dice(warped, unpadded_label(volumes, fixed), labels)))
-            r_dice = float(np.mean(scores))
+            r_dice = _mean_over_samples(scores)
     finally:
         for net, mode in zip(networks, modes, strict=True):
             net.train(mode)
