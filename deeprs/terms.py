@@ -186,6 +186,9 @@ _TERM_LIST = (
 TERMS: dict[str, LossTerm] = {term.name: term for term in _TERM_LIST}
 """Every loss term by name, in the order the steps compute and sum them."""
 
+TERM_TITLES: dict[str, str] = {name: term.title for name, term in TERMS.items()}
+"""Column of ``losses.csv`` -> plot title."""
+
 WEIGHT_KEYS: tuple[str, ...] = tuple(t.weight for t in _TERM_LIST if t.weight is not None)
 """The keys of ``train.weights`` (defaults in the config schema)."""
 

@@ -78,3 +78,22 @@ def test_no_module_of_the_package_imports_monai() -> None:
     )
     assert found.returncode == 0, found.stderr[-2000:]
     assert found.stdout.strip() == "[]"
+
+
+def test_evaluation_inference_and_report_import_no_training_code() -> None:
+    """Applying and scoring a trained model needs no trainer: evaluation, inference and the
+    report import nothing of ``deeprs.train``."""
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import deeprs.evaluate, deeprs.inference, deeprs.report\n"
+        "for package in (deeprs.evaluate, deeprs.inference, deeprs.report):\n"
+        "    for module in pkgutil.walk_packages(package.__path__, package.__name__ + '.'):\n"
+        "        importlib.import_module(module.name)\n"
+        "print(sorted(name for name in sys.modules if name.startswith('deeprs.train')))\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    found = subprocess.run(
+        [sys.executable, "-c", code], env=environment, capture_output=True, text=True
+    )
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert found.stdout.strip() == "[]"

@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from deeprs.convergence import SIGNALS, change_over_last_third, read_validation  # noqa: E402
 from deeprs.errors import DataError  # noqa: E402
 from deeprs.report.figures import save_figure  # noqa: E402
-from deeprs.train.history import LOSS_TERMS  # noqa: E402
+from deeprs.terms import TERM_TITLES as LOSS_TERMS  # noqa: E402
 
 NOT_PLOTTED = ("iteration", "disc_lr_scale")
 FOLD_STYLES = ("-", "--", ":", "-.")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 
 from deeprs.io import atomic_path
-from deeprs.terms import TERMS
+from deeprs.terms import TERM_TITLES
 
-LOSS_TERMS: dict[str, str] = {name: term.title for name, term in TERMS.items()}
+LOSS_TERMS: dict[str, str] = TERM_TITLES
 """Column name -> plot title (:mod:`deeprs.terms`); values are unweighted loss terms."""
 
 COLUMNS = ["iteration", *LOSS_TERMS, "disc_lr_scale"]
