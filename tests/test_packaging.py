@@ -3,6 +3,7 @@ check-config` works from any folder; MONAI (a test-only reference) is never impo
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -64,36 +65,35 @@ def test_a_wheel_ships_the_schema_and_checks_configs_from_any_folder(tmp_path: P
     )
 
 
-def test_no_module_of_the_package_imports_monai() -> None:
+def _imported_after(packages: list[str], prefix: str) -> list[str]:
+    """Modules starting with ``prefix`` loaded once every module of ``packages`` is imported
+    (in a fresh interpreter)."""
     code = (
-        "import importlib, pkgutil, sys, deeprs\n"
-        "for module in pkgutil.walk_packages(deeprs.__path__, 'deeprs.'):\n"
-        "    if not module.name.endswith('__main__'):\n"
-        "        importlib.import_module(module.name)\n"
-        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'monai'))\n"
+        "import importlib, json, pkgutil, sys\n"
+        f"for name in {packages!r}:\n"
+        "    package = importlib.import_module(name)\n"
+        "    for module in pkgutil.walk_packages(package.__path__, name + '.'):\n"
+        "        if not module.name.endswith('__main__'):\n"
+        "            importlib.import_module(module.name)\n"
+        f"found = [n for n in sys.modules if n == {prefix!r} or n.startswith({prefix + '.'!r})]\n"
+        "print(json.dumps(sorted(found)))\n"
     )
     environment = {**os.environ, "PYTHONPATH": str(REPO)}
     found = subprocess.run(
         [sys.executable, "-c", code], env=environment, capture_output=True, text=True
     )
     assert found.returncode == 0, found.stderr[-2000:]
-    assert found.stdout.strip() == "[]"
+    return json.loads(found.stdout)
+
+
+def test_no_module_of_the_package_imports_monai() -> None:
+    assert _imported_after(["deeprs"], "monai") == []
 
 
 def test_evaluation_inference_and_report_import_no_training_code() -> None:
     """Applying and scoring a trained model needs no trainer: evaluation, inference and the
     report import nothing of ``deeprs.train``."""
-    code = (
-        "import importlib, pkgutil, sys\n"
-        "import deeprs.evaluate, deeprs.inference, deeprs.report\n"
-        "for package in (deeprs.evaluate, deeprs.inference, deeprs.report):\n"
-        "    for module in pkgutil.walk_packages(package.__path__, package.__name__ + '.'):\n"
-        "        importlib.import_module(module.name)\n"
-        "print(sorted(name for name in sys.modules if name.startswith('deeprs.train')))\n"
+    assert (
+        _imported_after(["deeprs.evaluate", "deeprs.inference", "deeprs.report"], "deeprs.train")
+        == []
     )
-    environment = {**os.environ, "PYTHONPATH": str(REPO)}
-    found = subprocess.run(
-        [sys.executable, "-c", code], env=environment, capture_output=True, text=True
-    )
-    assert found.returncode == 0, found.stderr[-2000:]
-    assert found.stdout.strip() == "[]"
