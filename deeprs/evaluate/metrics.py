@@ -8,7 +8,7 @@ from either, so that averages over cases are not pulled down by structures nobod
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -31,11 +31,16 @@ def dice(pred: np.ndarray, target: np.ndarray, labels: Mapping[str, int]) -> dic
     return scores
 
 
-def mean_dice(scores: Mapping[str, float]) -> float:
-    """Mean of per-structure Dice over the structures present in either mask (as the tables
-    average a sample); NaN when none is."""
-    present = [value for value in scores.values() if not np.isnan(value)]
+def mean_present(values: Iterable[float]) -> float:
+    """Mean of the values that are not NaN (a structure or sample with nothing to score),
+    as the tables average; NaN when none is."""
+    present = [value for value in values if not np.isnan(value)]
     return float(np.mean(present)) if present else float("nan")
+
+
+def mean_dice(scores: Mapping[str, float]) -> float:
+    """Mean of per-structure Dice over the structures present in either mask (one sample)."""
+    return mean_present(scores.values())
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:

@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -31,7 +30,7 @@ from deeprs.evaluate.engine import (
     registration_pairs,
     unpadded_label,
 )
-from deeprs.evaluate.metrics import dice, mean_dice
+from deeprs.evaluate.metrics import dice, mean_dice, mean_present
 from deeprs.io import atomic_path
 
 VALIDATION_CSV = "validation.csv"
@@ -62,13 +61,6 @@ def load_validation_set(
     return ValidationSet(volumes, dict(manifest.labels), source)
 
 
-def _mean_over_samples(scores: list[float]) -> float:
-    """Mean over samples, skipping one where no structure is drawn or predicted (NaN), as
-    the report's tables do."""
-    present = [score for score in scores if not np.isnan(score)]
-    return float(np.mean(present)) if present else float("nan")
-
-
 def _in_eval_mode(networks: list[nn.Module]) -> list[bool]:
     modes = [net.training for net in networks]
     for net in networks:
@@ -89,7 +81,7 @@ def validate(
     try:
         s_dice = float("nan")
         if segmentation is not None:
-            s_dice = _mean_over_samples(
+            s_dice = mean_present(
                 [
                     mean_dice(
                         dice(
@@ -111,7 +103,7 @@ def validate(
                 for index, (_, fixed) in enumerate(batch):
                     warped = predicted.labels[index]
                     scores.append(mean_dice(dice(warped, unpadded_label(volumes, fixed), labels)))
-            r_dice = _mean_over_samples(scores)
+            r_dice = mean_present(scores)
     finally:
         for net, mode in zip(networks, modes, strict=True):
             net.train(mode)
