@@ -12,6 +12,7 @@ import pytest
 import scipy.ndimage
 import torch
 
+from deeprs import device as device_module
 from deeprs.device import autocast, select_device, uses_mixed_precision
 from deeprs.errors import ConfigError, DataError, WriteError
 from deeprs.nets import build_network
@@ -190,8 +191,20 @@ def test_device_selection() -> None:
     assert uses_mixed_precision(torch.device("cuda")) and not uses_mixed_precision(cpu)
     with autocast(cpu):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_is_used_only_where_the_cpu_has_bf16_instructions(
+    native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Emulated bf16 is slower than float32 through oneDNN (deeprs.device.cpu_has_native_bf16)."""
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert uses_mixed_precision(cpu, cpu_bf16=True) is native
+    assert not uses_mixed_precision(cpu, cpu_bf16=False)
     with autocast(cpu, cpu_bf16=True):
-        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+        product = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert product.dtype == (torch.bfloat16 if native else torch.float32)
 
 
 def _handedness(label: torch.Tensor) -> float:

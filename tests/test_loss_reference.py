@@ -10,6 +10,16 @@ iterations by up to 3e-5 (relative; they nearly cancel), the absolute sums by 2e
 every loss by at most 1.2e-7. Training runs in
 float32 on one CPU thread, where every step is deterministic, so a refactoring that keeps
 each term, its weight and its order reproduces the values to rounding.
+
+Rounding differs between CPUs (oneDNN picks its kernels by instruction set) and between
+convolution kernels (``deeprs.nets.blocks.Conv3d`` sends small volumes to oneDNN), and
+training amplifies it: against the recording (made on an AVX512-BF16 CPU with PyTorch's
+reference kernel), an Ice Lake CPU with the oneDNN split gave first-iteration losses within
+2e-7, second-iteration losses within 9e-7, losses after 8 iterations within 1e-3 (Adv-Reg;
+the adversarial game amplifies most), absolute weight sums within 8e-5 and signed sums within
+1.7e-2 of themselves (D's nearly cancel). So the first two iterations (the terms and
+weights of the losses, then the first update: a changed rate or update order moves them) are
+held to 1e-5, the later ones and the weights to bars that rounding stays well inside.
 """
 
 from __future__ import annotations
@@ -18,7 +28,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -33,7 +42,13 @@ from test_trainer import write_cohort  # noqa: E402
 
 REFERENCE = Path(__file__).parent / "data" / "loss_reference.json"
 ITERATIONS = 8
-RELATIVE = 1e-6
+FIRST_ITERATIONS = 1e-5
+"""Relative bar on the losses of the first two iterations: the loss terms, then the first
+update; rounding has had no time to grow."""
+LATER_ITERATIONS = 2e-2
+"""Relative bar on the losses after some updates, where rounding has been amplified."""
+WEIGHT_SUMS = 1e-3
+"""Bar on the final weights' sums, relative to the sum of their absolute values."""
 CPU = torch.device("cpu")
 
 
@@ -73,8 +88,8 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Split]:
     return write_cohort(folder, (16, 16, 32), {"train_moving": 2, "train_fixed": 2, "test": 2})
 
 
-def _close(expected: float, actual: float) -> bool:
-    return abs(actual - expected) <= RELATIVE * max(abs(expected), 1e-12)
+def _close(expected: float, actual: float, relative: float) -> bool:
+    return abs(actual - expected) <= relative * max(abs(expected), 1e-12)
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -88,11 +103,16 @@ def test_losses_and_weights_match_the_reference(
         zip(reference["losses"], actual["losses"], strict=True)
     ):
         assert want.keys() == got.keys(), f"iteration {iteration}: terms differ"
+        relative = FIRST_ITERATIONS if iteration < 2 else LATER_ITERATIONS
         for term, value in want.items():
-            assert _close(value, got[term]), f"iteration {iteration} {term}: {value} != {got[term]}"
+            assert _close(value, got[term], relative), (
+                f"iteration {iteration} {term}: {value} != {got[term]}"
+            )
     assert reference["weights"].keys() == actual["weights"].keys()
-    for network, sums in reference["weights"].items():
-        assert np.allclose(sums, actual["weights"][network], rtol=RELATIVE, atol=0), network
+    for network, (signed, absolute) in reference["weights"].items():
+        got_signed, got_absolute = actual["weights"][network]
+        assert abs(got_absolute - absolute) <= WEIGHT_SUMS * absolute, network
+        assert abs(got_signed - signed) <= WEIGHT_SUMS * absolute, network
 
 
 if __name__ == "__main__":

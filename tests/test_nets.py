@@ -197,3 +197,69 @@ def test_networks_train_repeatably_under_cpu_bf16() -> None:
         _assert_finite_and_repeatable(
             [_bf16_gradients(segmentation, lambda n=segmentation: n(moving)) for _ in range(3)]
         )
+
+
+def _forward_backward(
+    forward: Callable[[torch.Tensor], torch.Tensor], conv: Conv3d, x: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    conv.zero_grad()
+    image = x.detach().clone().requires_grad_()
+    out = forward(image)
+    out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape))
+    return out.detach(), image.grad, conv.weight.grad, conv.bias.grad
+
+
+@pytest.mark.parametrize(
+    "shape, channels, kernel, padding",
+    [
+        ((32, 32, 32), 16, 3, 1),
+        ((16, 64, 64), 8, 3, 1),
+        ((15, 20, 13), 4, 3, 1),
+        ((12, 12, 11), 8, 3, 0),
+        ((8, 24, 24), 8, (1, 3, 3), (0, 1, 1)),
+    ],
+)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_conv_split_for_onednn_computes_what_pytorch_computes(
+    shape: tuple[int, int, int],
+    channels: int,
+    kernel: int | tuple[int, ...],
+    padding: int | tuple[int, ...],
+    layout: torch.memory_format,
+) -> None:
+    """The two-halves batch (Conv3d.forward) gives the convolution and its gradients as a
+    float64 convolution does, as closely as PyTorch's own float32 kernel, in either layout."""
+    torch.manual_seed(0)
+    conv = Conv3d(channels, 2 * channels, kernel, padding=padding).to(memory_format=layout)
+    x = torch.randn(1, channels, *shape).contiguous(memory_format=layout)
+    assert conv._split_axis(x) is not None
+    ours = _forward_backward(conv, conv, x)
+    plain = _forward_backward(lambda v: torch.nn.Conv3d.forward(conv, v), conv, x)
+    exact = _forward_backward(conv.double(), conv, x.double())
+    for name, got, pytorch, want in zip(
+        ("output", "input grad", "weight grad", "bias grad"), ours, plain, exact, strict=True
+    ):
+        assert got.shape == want.shape, name
+        bar = 2e-6 * want.abs().max().item()
+        assert (pytorch.double() - want).abs().max() <= 10 * bar, name  # the bar itself
+        assert (got.double() - want).abs().max() <= 10 * bar, name
+
+
+def test_conv_split_is_only_used_where_pytorch_would_take_its_reference_kernel() -> None:
+    conv = Conv3d(8, 8, 3, padding=1)
+    assert conv._split_axis(torch.zeros(1, 8, 16, 24, 20)) == 3  # the longest axis
+    assert conv._split_axis(torch.zeros(1, 8, 16, 23, 20)) == 4  # 23 cannot be halved
+    for x in (
+        torch.zeros(2, 8, 16, 16, 16),  # a batch already goes to oneDNN
+        torch.zeros(1, 8, 48, 64, 64),  # so does a large volume (C * D * H > 20480)
+        torch.zeros(1, 8, 4, 4, 4),  # tiny: the reference kernel is faster
+        torch.zeros(1, 8, 16, 16, 16, dtype=torch.float64),
+        torch.zeros(1, 8, 15, 15, 15),  # no axis of even length
+    ):
+        assert conv._split_axis(x) is None, tuple(x.shape)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv._split_axis(torch.zeros(1, 8, 16, 16, 16)) is None
+    strided = Conv3d(8, 8, 3, stride=2, padding=1)
+    pointwise = Conv3d(8, 8, 1)
+    for layer in (strided, pointwise):
+        assert layer._split_axis(torch.zeros(1, 8, 16, 16, 16)) is None
