@@ -8,7 +8,7 @@ from pathlib import Path
 
 from deeprs.config import job_defaults
 from deeprs.data.cases import load_manifest, load_split
-from deeprs.device import DEVICE_CHOICES, select_device, set_threads
+from deeprs.device import DEVICE_CHOICES, select_device, set_threads, uses_mixed_precision
 from deeprs.methods import METHODS, get_method
 from deeprs.train.trainer import TrainSettings, train
 
@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     set_threads(args.threads)
     LOG.info("training %s on %s (%s) with %s", method.name, split.name, device, settings)
+    precision = "bf16 autocast" if uses_mixed_precision(device, settings.cpu_bf16) else "float32"
+    LOG.info("networks run in %s on this %s", precision, device)
     result = train(method, manifest, split, settings, args.out_dir, device)
     LOG.info("wrote %s (%.2f s per iteration)", result.model_path, result.seconds_per_iteration)
     return 0
