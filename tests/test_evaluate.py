@@ -290,14 +290,18 @@ def test_training_validation_and_evaluation_score_alike(
     manifest = load_manifest(manifest_path)
     cases = ["c1", "c2"]
     split = Split("fold_0", 0, ["c0"], ["u0"], cases, validation=cases)
+    # R must leave the identity without collapsing: in float32 this toy study needs about
+    # 40 iterations at 3e-3 (10 at 1e-2 left every warped label where it was; higher rates
+    # drove R's Dice to 0).
     settings = TrainSettings(
-        iterations=10, width=0.25, lr=0.01, checkpoint_every=10, validate_every=10, seed=1
+        iterations=40, width=0.25, lr=0.003, checkpoint_every=40, validate_every=40, seed=1
     )
     result = train(
         get_method("deeprs"), manifest, split, settings, tmp_path / "run", torch.device("cpu")
     )
     first, last = pd.read_csv(result.validation_csv).iloc[[0, -1]].itertuples()
     assert abs(last.r_dice - first.r_dice) > 0.01, "R should have left the identity"
+    assert last.r_dice > 0.1 and last.s_dice > 0.1, "R and S should not have collapsed"
     last = {"iteration": last.iteration, "s_dice": last.s_dice, "r_dice": last.r_dice}
     networks = load_networks(get_method("deeprs"), result.model_path, manifest, torch.device("cpu"))
     table = evaluate_split(
@@ -305,7 +309,7 @@ def test_training_validation_and_evaluation_score_alike(
     )
     assert networks["registration"].flow.weight.is_contiguous(memory_format=torch.channels_last_3d)
     per_sample = table.groupby(["task", "sample"])["dice"].apply(lambda d: d.dropna().mean())
-    assert last["iteration"] == 10
+    assert last["iteration"] == 40
     assert per_sample["segmentation"].mean() == pytest.approx(last["s_dice"], abs=1e-9)
     assert per_sample["registration"].mean() == pytest.approx(last["r_dice"], abs=1e-9)
 
