@@ -53,7 +53,7 @@ class Conv3d(_AutocastSafe, nn.Conv3d):
     halves of the volume along its longest axis, each with the ``kernel - 1`` rows of
     overlap it needs, so the same sums (float rounding aside) in oneDNN, forward and
     backward. One thread, forward and backward of a 16->16 3x3x3 convolution on 32^3:
-    157 ms by the reference kernel, 36 ms for a batch of two, on an AVX-512 CPU without
+    153-157 ms by the reference kernel, 20-23 ms as two halves, on an AVX-512 CPU without
     bf16 (``deeprs bench`` for the whole step).
     """
 
