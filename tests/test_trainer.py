@@ -22,9 +22,9 @@ from deeprs.data.cases import Manifest, Split, load_manifest, load_split
 from deeprs.errors import DeeprsError
 from deeprs.methods import METHODS, get_method
 from deeprs.nets.spatial import warp
+from deeprs.terms import TERM_TITLES
 from deeprs.train import TrainSettings, load_models, train
 from deeprs.train.checkpoint import read_payload
-from deeprs.train.history import LOSS_TERMS
 from deeprs.train.sampling import load_training_data
 from deeprs.train.steps import discriminator_lr_factor
 from deeprs.train.trainer import CHECKPOINT_FILE, active_updates, build_networks
@@ -139,7 +139,7 @@ def test_every_method_trains_and_writes_its_outputs(
     assert list(history["iteration"]) == (list(range(6)) if method.trains else [])
     nonzero = {column for column in history.columns[1:] if (history[column] != 0).any()}
     assert nonzero == EXPECTED_COLUMNS[name]
-    assert np.isfinite(history[list(LOSS_TERMS)].to_numpy(dtype=float)).all()
+    assert np.isfinite(history[list(TERM_TITLES)].to_numpy(dtype=float)).all()
     models = load_models(result.model_path, CPU)
     assert tuple(models) == method.networks
     assert all(not net.training for net in models.values())

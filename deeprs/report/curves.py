@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from deeprs.convergence import SIGNALS, change_over_last_third, read_validation  # noqa: E402
 from deeprs.errors import DataError  # noqa: E402
 from deeprs.report.figures import save_figure  # noqa: E402
-from deeprs.terms import TERM_TITLES as LOSS_TERMS  # noqa: E402
+from deeprs.terms import TERM_TITLES  # noqa: E402
 
 NOT_PLOTTED = ("iteration", "disc_lr_scale")
 FOLD_STYLES = ("-", "--", ":", "-.")
@@ -114,10 +114,10 @@ def read_losses(results: Path, method: str, folds: list[int]) -> dict[int, pd.Da
 
 
 def plotted_terms(runs: dict[int, pd.DataFrame]) -> list[str]:
-    """Loss terms in LOSS_TERMS order, then other columns, that are non-zero in some fold."""
+    """Loss terms in TERM_TITLES order, then other columns, that are non-zero in some fold."""
     columns = list(dict.fromkeys(column for frame in runs.values() for column in frame.columns))
-    ordered = [term for term in LOSS_TERMS if term in columns]
-    ordered += [column for column in columns if column not in LOSS_TERMS]
+    ordered = [term for term in TERM_TITLES if term in columns]
+    ordered += [column for column in columns if column not in TERM_TITLES]
     return [
         term
         for term in ordered
@@ -130,7 +130,7 @@ def plotted_terms(runs: dict[int, pd.DataFrame]) -> list[str]:
 
 
 def axis_label(term: str) -> str:
-    return "loss (unweighted)" if term in LOSS_TERMS else term
+    return "loss (unweighted)" if term in TERM_TITLES else term
 
 
 def learning_curve_figure(
@@ -166,7 +166,7 @@ def learning_curve_figure(
             )
         if smoothed:
             _plot_folds(axis, smoothed, colour)
-        axis.set_title(LOSS_TERMS.get(term, term), fontsize=10)
+        axis.set_title(TERM_TITLES.get(term, term), fontsize=10)
         axis.set_xlabel("iteration")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(axis_label(term))

@@ -1,6 +1,6 @@
 """The per-iteration loss record of a training run: ``losses.csv`` and ``losses.png``.
 
-Every run writes the same columns (``LOSS_TERMS``) whatever the method, with 0 for terms
+Every run writes the same columns (``COLUMNS``) whatever the method, with 0 for terms
 the method does not compute, so runs can be compared column by column.
 """
 
@@ -13,15 +13,14 @@ import pandas as pd
 from deeprs.io import atomic_path
 from deeprs.terms import TERM_TITLES
 
-LOSS_TERMS: dict[str, str] = TERM_TITLES
-"""Column name -> plot title (:mod:`deeprs.terms`); values are unweighted loss terms."""
-
-COLUMNS = ["iteration", *LOSS_TERMS, "disc_lr_scale"]
+COLUMNS = ["iteration", *TERM_TITLES, "disc_lr_scale"]
+"""The loss terms of :mod:`deeprs.terms` (unweighted values), between the iteration and D's
+rate scale."""
 
 
 def empty_row(iteration: int) -> dict[str, float]:
     row: dict[str, float] = {"iteration": float(iteration)}
-    row.update({term: 0.0 for term in LOSS_TERMS})
+    row.update({term: 0.0 for term in TERM_TITLES})
     row["disc_lr_scale"] = 0.0
     return row
 
@@ -42,7 +41,7 @@ def plot_losses(history: list[dict[str, float]], path: Path, title: str) -> None
 
     """One panel per active loss term: raw values and a running mean over ~5% of the run."""
     frame = pd.DataFrame(history, columns=COLUMNS)
-    active = [term for term in LOSS_TERMS if len(frame) and frame[term].abs().sum() > 0]
+    active = [term for term in TERM_TITLES if len(frame) and frame[term].abs().sum() > 0]
     columns = max(1, min(3, len(active)))
     rows = max(1, -(-len(active) // columns))
     figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.8 * rows), squeeze=False)
@@ -53,7 +52,7 @@ def plot_losses(history: list[dict[str, float]], path: Path, title: str) -> None
         )
         smooth = frame[term].rolling(window, min_periods=1).mean()
         axis.plot(frame["iteration"], smooth, color="C3", linewidth=1.5, label=f"mean of {window}")
-        axis.set_title(LOSS_TERMS[term], fontsize=9)
+        axis.set_title(TERM_TITLES[term], fontsize=9)
         axis.set_xlabel("iteration")
         axis.set_ylabel("loss (unweighted)")
         axis.grid(alpha=0.3)
