@@ -78,7 +78,7 @@ class Conv3d(_AutocastSafe, nn.Conv3d):
             or self.kernel_size[-1] * self.kernel_size[-2] == 1
             or max(self.kernel_size[-2:]) > 3
             or x.shape[1] * x.shape[2] * x.shape[3] > ONEDNN_MIN_INPUT_ROWS
-            or x[0].numel() < ONEDNN_SPLIT_MIN_ELEMENTS
+            or x.numel() < ONEDNN_SPLIT_MIN_ELEMENTS  # batch 1: one image's values
         ):
             return None
         outputs = self._output_shape(x.shape[2:])
