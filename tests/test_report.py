@@ -571,6 +571,7 @@ def test_every_figure_axis_has_a_label_and_curves_differ_without_colour(
     monkeypatch.setattr(curves, "save_figure", recorder)
     monkeypatch.setattr(plt, "close", lambda figure=None: None)
     write_metrics_set(tmp_path)
+    (tmp_path / "unet3d" / "fold_1" / "losses.csv").unlink()  # one fold's curves: "fold 0"
     build_report(study_request(tmp_path, tmp_path / "out"))
     expected = {
         "boxplot_registration.png",
@@ -598,6 +599,16 @@ def test_every_figure_axis_has_a_label_and_curves_differ_without_colour(
         "fold 1",
         "mean",
     ]
+    for name in ("learning_curves_deeprs.png", "learning_curves_unet3d.png"):
+        figure = recorder.saved[name]
+        folds = [
+            line.get_label()
+            for line in visible_axes(figure)[0].get_lines()
+            if line.get_label().startswith("fold ")
+        ]
+        named = folds[0] if len(folds) == 1 else "folds " + ", ".join(f[5:] for f in folds)
+        assert figure.get_suptitle().endswith(named), (name, figure.get_suptitle())
+    assert recorder.saved["learning_curves_unet3d.png"].get_suptitle().endswith(", fold 0")
     # Label-amount curves: marker and line style differ between methods, not only colour.
     axis = visible_axes(recorder.saved["label_amount.png"])[0]
     curves_drawn = {

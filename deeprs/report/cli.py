@@ -166,10 +166,11 @@ def write_learning_curves(request: ReportRequest, methods: list[str]) -> list[Pa
         if not runs:
             continue
         folds = ", ".join(str(fold) for fold in sorted(runs))
+        which = f"folds {folds}" if len(runs) > 1 else f"fold {folds}"
         written.append(
             curves.learning_curve_figure(
                 runs,
-                f"{method_title(method)}: training losses and validation Dice, folds {folds}",
+                f"{method_title(method)}: training losses and validation Dice, {which}",
                 method_colour(method, methods),
                 learning_curve_path(request.out, method),
                 curves.read_validations(request.results, method, request.folds),
