@@ -33,13 +33,13 @@ def write_losses_csv(history: list[dict[str, float]], path: Path) -> None:
 
 
 def plot_losses(history: list[dict[str, float]], path: Path, title: str) -> None:
+    """One panel per active loss term: raw values and a running mean over ~5% of the run."""
     # matplotlib only here: training itself (and the GPU check) runs without it.
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    """One panel per active loss term: raw values and a running mean over ~5% of the run."""
     frame = pd.DataFrame(history, columns=COLUMNS)
     active = [term for term in TERM_TITLES if len(frame) and frame[term].abs().sum() > 0]
     columns = max(1, min(3, len(active)))
