@@ -29,6 +29,9 @@ LAST_PART = 3
 MIN_POINTS = 3
 SIGNALS = {"s_dice": "S", "r_dice": "R"}
 """Columns of ``validation.csv`` and the network each measures."""
+FOLDING = "r_folding_pct"
+"""R's folding on the validation pairs (%): plotted beside the Dice, not part of the criterion
+(files written before it existed lack it)."""
 
 
 @dataclass(frozen=True)

@@ -309,7 +309,12 @@ def test_training_validation_and_evaluation_score_alike(
     first, last = pd.read_csv(result.validation_csv).iloc[[0, -1]].itertuples()
     assert abs(last.r_dice - first.r_dice) > 0.01, "R should have left the identity"
     assert last.r_dice > 0.1 and last.s_dice > 0.1, "R and S should not have collapsed"
-    last = {"iteration": last.iteration, "s_dice": last.s_dice, "r_dice": last.r_dice}
+    last = {
+        "iteration": last.iteration,
+        "s_dice": last.s_dice,
+        "r_dice": last.r_dice,
+        "r_folding_pct": last.r_folding_pct,
+    }
     networks = load_networks(get_method("deeprs"), result.model_path, manifest, torch.device("cpu"))
     table = evaluate_split(
         get_method("deeprs"), manifest, split, networks, torch.device("cpu"), 8, settings.cpu_bf16
@@ -319,6 +324,8 @@ def test_training_validation_and_evaluation_score_alike(
     assert last["iteration"] == 40
     assert per_sample["segmentation"].mean() == pytest.approx(last["s_dice"], abs=1e-9)
     assert per_sample["registration"].mean() == pytest.approx(last["r_dice"], abs=1e-9)
+    folding = table[table["task"] == "registration"].groupby("sample")["nonpositive_jacobian_pct"]
+    assert folding.first().mean() == pytest.approx(last["r_folding_pct"], abs=1e-9)
 
 
 LABEL_VALUES = {"a": 205, "b": 420}

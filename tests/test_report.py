@@ -125,14 +125,17 @@ def write_losses(path: Path, method: str, seed: int, iterations: int = 30) -> No
 
 def write_validation(path: Path, method: str, rising: bool) -> None:
     """Validation Dice every 5 of 30 iterations: flat from iteration 10, or (``rising``)
-    still climbing 1 point per 5 iterations, i.e. 2 points over the last third."""
+    still climbing 1 point per 5 iterations, i.e. 2 points over the last third. R's folding
+    (%) is 1 throughout, or (``rising``) iteration / 10."""
     iterations = np.arange(0, 31, 5)
     curve = 0.5 + 0.01 * iterations / 5 if rising else np.minimum(0.3 + 0.04 * iterations, 0.7)
+    registers = "registration" in LEVELS[method]
     frame = pd.DataFrame(
         {
             "iteration": iterations,
             "s_dice": curve if "segmentation" in LEVELS[method] else np.nan,
-            "r_dice": curve - 0.1 if "registration" in LEVELS[method] else np.nan,
+            "r_dice": curve - 0.1 if registers else np.nan,
+            "r_folding_pct": (iterations / 10 if rising else 1.0) if registers else np.nan,
             "source": "validation",
         }
     )
@@ -592,8 +595,13 @@ def test_every_figure_axis_has_a_label_and_curves_differ_without_colour(
         # The mean of a flat fold 0 and a fold 1 rising 2 points over the last third.
         "validation S Dice (+1.0 pts over last third)",
         "validation R Dice (+1.0 pts over last third)",
+        "validation R folding (det J <= 0)",
     ]
     assert deeprs_curves[2].get_ylabel() == "Dice (%)"
+    # Folding in % as recorded (not scaled as the Dice): the mean of 1 and 30 / 10 at the end.
+    folding_mean = [line for line in deeprs_curves[4].get_lines() if line.get_label() == "mean"]
+    assert folding_mean[0].get_ydata()[-1] == pytest.approx(2.0)
+    assert deeprs_curves[4].get_ylabel() == "voxels folded (%)"
     assert [line.get_label() for line in deeprs_curves[0].get_lines()] == [
         "fold 0",
         "fold 1",
@@ -638,6 +646,37 @@ def test_loss_panels_of_training_have_axis_labels(tmp_path: Path, monkeypatch) -
     panels = visible_axes(figure)
     assert len(panels) == 2
     assert all(axis.get_xlabel() == "iteration" and axis.get_ylabel() for axis in panels)
+
+
+def test_learning_curves_read_validation_files_without_folding(tmp_path: Path, monkeypatch) -> None:
+    """Files written before R's folding was recorded keep their Dice panels and get none for
+    folding; a fold that has it is drawn alone."""
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    for fold in (0, 1):
+        path = tmp_path / "voxelmorph2" / f"fold_{fold}" / "validation.csv"
+        path.parent.mkdir(parents=True)
+        write_validation(path, "voxelmorph2", rising=fold == 1)
+    old = tmp_path / "voxelmorph2" / "fold_0" / "validation.csv"
+    pd.read_csv(old).drop(columns="r_folding_pct").to_csv(old, index=False)
+    runs = {0: pd.DataFrame({"iteration": [1, 2], "reg_cc": [-0.1, -0.2]})}
+    for folds, titles in (
+        ([0], ["R: local NCC", "validation R Dice (+0.0 pts over last third)"]),
+        (
+            [0, 1],
+            [
+                "R: local NCC",
+                "validation R Dice (+1.0 pts over last third)",
+                "validation R folding (det J <= 0)",
+            ],
+        ),
+    ):
+        validation = curves.read_validations(tmp_path, "voxelmorph2", folds)
+        curves.learning_curve_figure(runs, "vm2", "C0", tmp_path / "curves.png", validation)
+        panels = visible_axes(closed.pop())
+        assert [axis.get_title() for axis in panels] == titles
+    folding = [line.get_label() for line in panels[2].get_lines()]
+    assert folding == ["fold 1"]
 
 
 def test_subset_report_never_replaces_the_study_report(tmp_path: Path, capsys) -> None:

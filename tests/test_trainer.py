@@ -152,6 +152,7 @@ def test_every_method_trains_and_writes_its_outputs(
     if method.trains:
         assert validation["s_dice"].notna().all() == method.segmentation
         assert validation["r_dice"].notna().all() == method.registration
+        assert validation["r_folding_pct"].notna().all() == method.registration
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
@@ -313,6 +314,8 @@ def test_short_registration_training_beats_the_identity(
         if moving != fixed
     ]
     assert validation["r_dice"].iloc[0] == pytest.approx(np.mean(identity), abs=0.005)
+    # ... and it folds nothing (its first displacements are about 1e-5 voxels).
+    assert validation["r_folding_pct"].iloc[0] == 0.0
 
 
 def test_short_segmentation_training_is_far_above_chance(

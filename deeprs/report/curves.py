@@ -21,7 +21,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from deeprs.convergence import SIGNALS, change_over_last_third, read_validation  # noqa: E402
+from deeprs.convergence import (  # noqa: E402
+    FOLDING,
+    SIGNALS,
+    change_over_last_third,
+    read_validation,
+)
 from deeprs.errors import DataError  # noqa: E402
 from deeprs.report.figures import save_figure  # noqa: E402
 from deeprs.terms import TERM_TITLES  # noqa: E402
@@ -53,8 +58,8 @@ def read_validations(results: Path, method: str, folds: list[int]) -> dict[int, 
 def _validation_panels(validation: dict[int, pd.DataFrame]) -> list[str]:
     return [
         column
-        for column in SIGNALS
-        if any(frame[column].notna().any() for frame in validation.values())
+        for column in (*SIGNALS, FOLDING)
+        if any(column in frame and frame[column].notna().any() for frame in validation.values())
     ]
 
 
@@ -82,12 +87,19 @@ def _plot_folds(
 def _draw_validation(
     axis: plt.Axes, validation: dict[int, pd.DataFrame], column: str, colour: str
 ) -> None:
-    """Each fold's validation Dice (%) and their mean, titled with the mean's criterion."""
+    """Each fold's validation Dice (%) and their mean, titled with the mean's criterion; or
+    R's folding (%), which the criterion does not read."""
+    scale = 1 if column == FOLDING else 100
     curves = {
-        fold: pd.Series(frame[column].to_numpy(dtype=float) * 100, index=frame["iteration"])
+        fold: pd.Series(frame[column].to_numpy(dtype=float) * scale, index=frame["iteration"])
         for fold, frame in validation.items()
+        if column in frame
     }
     mean = _plot_folds(axis, curves, colour, marker=".")
+    if column == FOLDING:
+        axis.set_title("validation R folding (det J <= 0)", fontsize=10)
+        axis.set_ylabel("voxels folded (%)")
+        return
     change = change_over_last_third(mean.index.to_numpy(), mean.to_numpy() / 100)
     verdict = "undecided" if change != change else f"{change:+.1f} pts over last third"
     axis.set_title(f"validation {SIGNALS[column]} Dice ({verdict})", fontsize=10)

@@ -393,7 +393,7 @@ class Trainer:
         ckpt.save_atomic(state, self.checkpoint_path)
 
     def validate(self, iteration: int) -> None:
-        """Record the validation Dice of S and R after ``iteration`` iterations."""
+        """Record the validation Dice of S and R, and R's folding, after ``iteration`` iterations."""
         scores = validate(
             self.validation_set,
             self.networks.registration,

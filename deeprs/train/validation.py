@@ -9,7 +9,10 @@ generalisation, and ``validation.csv`` says which of the two it is (column ``sou
 S is scored on every validation image, R on every ordered pair of them (the moving label
 warped by R onto the fixed image), with evaluation's own loading, forward passes and
 Dice (:mod:`deeprs.evaluate.engine`) on the training grid, without gradients and without
-touching any random generator, so validating changes nothing of the training run.
+touching any random generator, so validating changes nothing of the training run. R's
+folding (the share of voxels whose Jacobian determinant is <= 0, as evaluation reports it)
+is recorded beside its Dice, so the curves show when a warp starts to fold, not only how
+far it folds at the end.
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ from deeprs.evaluate.engine import (
     registration_pairs,
     unpadded_label,
 )
-from deeprs.evaluate.metrics import dice, mean_dice, mean_present
+from deeprs.evaluate.metrics import dice, mean_dice, mean_present, nonpositive_jacobian_percent
 from deeprs.io import atomic_path
 
 VALIDATION_CSV = "validation.csv"
-COLUMNS = ("iteration", "s_dice", "r_dice", "source")
+COLUMNS = ("iteration", "s_dice", "r_dice", "r_folding_pct", "source")
 
 PAIRS_PER_PASS = 8
 """Registration pairs per forward pass, as evaluation batches them."""
@@ -74,7 +77,8 @@ def validate(
     segmentation: nn.Module | None,
     cpu_bf16: bool,
 ) -> dict[str, float]:
-    """Mean S Dice over the images and mean R Dice over the ordered pairs (NaN without the net)."""
+    """Mean S Dice over the images, mean R Dice and folding (%) over the ordered pairs (NaN
+    without the network)."""
     volumes, labels = data.volumes, data.labels
     networks = [net for net in (registration, segmentation) if net is not None]
     modes = _in_eval_mode(networks)
@@ -93,26 +97,29 @@ def validate(
                     for case in volumes.images
                 ]
             )
-        r_dice = float("nan")
+        r_dice = r_folding = float("nan")
         pairs = registration_pairs(list(volumes.images))
         if registration is not None and pairs:
-            scores = []
+            scores, folding = [], []
             for start in range(0, len(pairs), PAIRS_PER_PASS):
                 batch = pairs[start : start + PAIRS_PER_PASS]
                 predicted = predict_pairs(volumes, batch, registration, cpu_bf16)
                 for index, (_, fixed) in enumerate(batch):
                     warped = predicted.labels[index]
                     scores.append(mean_dice(dice(warped, unpadded_label(volumes, fixed), labels)))
+                    folding.append(nonpositive_jacobian_percent(predicted.displacements[index]))
             r_dice = mean_present(scores)
+            r_folding = float(sum(folding) / len(folding))
     finally:
         for net, mode in zip(networks, modes, strict=True):
             net.train(mode)
-    return {"s_dice": s_dice, "r_dice": r_dice}
+    return {"s_dice": s_dice, "r_dice": r_dice, "r_folding_pct": r_folding}
 
 
 def write_validation_csv(rows: list[dict[str, float | str]], path: Path) -> None:
-    """``validation.csv``: one row per measurement, Dice in [0, 1]; empty where the method has
-    no such network, or (``r_dice``) where a single validation image leaves no pair."""
+    """``validation.csv``: one row per measurement, Dice in [0, 1], folding in %; empty where
+    the method has no such network, or (R's columns) where a single validation image leaves
+    no pair. Rows of a run resumed from an older checkpoint lack the folding: empty there."""
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     with atomic_path(path) as temporary:
         frame.to_csv(temporary, index=False)
