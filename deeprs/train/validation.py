@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from deeprs.convergence import FOLDING
 from deeprs.data.cases import Manifest, Split
 from deeprs.evaluate.engine import (
     TestVolumes,
@@ -37,7 +38,7 @@ from deeprs.evaluate.metrics import dice, mean_dice, mean_present, nonpositive_j
 from deeprs.io import atomic_path
 
 VALIDATION_CSV = "validation.csv"
-COLUMNS = ("iteration", "s_dice", "r_dice", "r_folding_pct", "source")
+COLUMNS = ("iteration", "s_dice", "r_dice", FOLDING, "source")
 
 PAIRS_PER_PASS = 8
 """Registration pairs per forward pass, as evaluation batches them."""
@@ -113,7 +114,7 @@ def validate(
     finally:
         for net, mode in zip(networks, modes, strict=True):
             net.train(mode)
-    return {"s_dice": s_dice, "r_dice": r_dice, "r_folding_pct": r_folding}
+    return {"s_dice": s_dice, "r_dice": r_dice, FOLDING: r_folding}
 
 
 def write_validation_csv(rows: list[dict[str, float | str]], path: Path) -> None:
