@@ -100,7 +100,9 @@ class MethodSpec:
         return (weights[key] if key is not None else 1.0) * self.term_weights.get(term, 1.0)
 
 
-_REGISTRATION_BASELINE = ("reg_smooth",)
+# R's regularity: the paper's smoothness and the folding penalty, whose weight is 0 unless a
+# preset sets it (docs/methods.md, "Folding penalty").
+_REGISTRATION_BASELINE = ("reg_smooth", "reg_fold")
 _SEGMENTATION_BASELINE = ("seg_supervised",)
 
 
@@ -115,7 +117,7 @@ def _segmentation_baseline(name: str, title: str, paper: str, **constants: objec
 
 
 # DeepRS's registration side (eq. 3 without DRC): R, D, adversarial + NCC + smoothness.
-_DEEPRS_R = ("reg_cc", "reg_smooth", "reg_adv", "disc")
+_DEEPRS_R = ("reg_cc", *_REGISTRATION_BASELINE, "reg_adv", "disc")
 # The direct joint model of Table 2: DeepRS's R plus S trained on R's augmentation data.
 _DIRECT_JOINT = (*_DEEPRS_R, "seg_ce")
 
@@ -149,7 +151,7 @@ _DECLARATIONS = (
         "deepatlas",
         "DeepAtlas",
         "Xu & Niethammer 2019",
-        terms=("reg_cc", "reg_smooth", "reg_anatomy", "seg_weak", "seg_supervised"),
+        terms=("reg_cc", *_REGISTRATION_BASELINE, "reg_anatomy", "seg_weak", "seg_supervised"),
         term_weights={"reg_anatomy": 2.0, "seg_weak": 2.0, "seg_supervised": 3.0},
         segmentation_loss="dice",
         segmentation_pretrain_fraction=0.25,
@@ -158,7 +160,7 @@ _DECLARATIONS = (
         "hybridcnn",
         "HybridCNN",
         "Li et al. 2019",
-        terms=("reg_cc", "reg_smooth", "reg_label", "seg_weak", "seg_supervised"),
+        terms=("reg_cc", *_REGISTRATION_BASELINE, "reg_label", "seg_weak", "seg_supervised"),
     ),
     _deeprs_row("deeprs", "DeepRS", (*_DIRECT_JOINT, "reg_drc", "seg_acm"), dss=True),
     _deeprs_row("ablation_r", "R", _DEEPRS_R),

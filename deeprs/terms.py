@@ -102,6 +102,13 @@ _TERM_LIST = (
         lambda r: _losses().smoothness_loss(r.displacement),
     ),
     LossTerm(
+        "reg_fold",
+        "registration",
+        "fold",
+        "R: folding penalty",
+        lambda r: _losses().folding_loss(r.displacement),
+    ),
+    LossTerm(
         "reg_adv",
         "registration",
         "adv",

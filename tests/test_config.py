@@ -54,6 +54,7 @@ def test_defaults_are_filled() -> None:
         "drc": 10,
         "cc": 1,
         "smooth": 1,
+        "fold": 0,
         "acm": 1,
         "ce": 1,
         "label": 1,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from deeprs.evaluate import metrics
 from deeprs.losses import (
     acm_loss,
     adversarial_loss,
@@ -15,6 +16,7 @@ from deeprs.losses import (
     discriminator_loss,
     drc_loss,
     dss_scale,
+    folding_loss,
     local_ncc_loss,
     one_hot,
     reference_image,
@@ -22,6 +24,7 @@ from deeprs.losses import (
     smoothness_loss,
     soft_dice_loss,
 )
+from deeprs.losses.similarity import jacobian_determinant
 from deeprs.nets import PixelDiscriminator, UNet3D, VoxelMorph2
 from deeprs.nets.spatial import warp, warp_labels_onehot
 
@@ -107,6 +110,83 @@ def test_smoothness_hand_computed_and_against_loops() -> None:
         per_axis.append(np.mean(squares))
     expected = float(np.mean(per_axis))
     assert smoothness_loss(torch.from_numpy(field)[None]).item() == pytest.approx(expected)
+
+
+def _linear_field(matrix: np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:
+    """u(x) = A x on a grid of ``shape``: its Jacobian is I + A at every voxel, exactly."""
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"))
+    return torch.from_numpy(np.einsum("ik,k...->i...", matrix, grid))[None].float()
+
+
+def test_folding_loss_hand_computed_on_linear_fields() -> None:
+    # u_d = -2 d mirrors the slice order: det = 1 - 2 = -1 everywhere -> relu(1) = 1.
+    mirror = np.diag([-2.0, 0.0, 0.0])
+    assert folding_loss(_linear_field(mirror, (4, 5, 6))).item() == pytest.approx(1.0)
+    # A random linear map: det(I + A) at every voxel, the penalty relu(-det).
+    matrix = np.random.default_rng(3).normal(scale=0.8, size=(3, 3))
+    expected = float(np.linalg.det(np.eye(3) + matrix))
+    for differences in ("central", "forward"):
+        det = jacobian_determinant(_linear_field(matrix, (3, 4, 5)), differences)
+        torch.testing.assert_close(det, torch.full_like(det, expected), rtol=1e-5, atol=1e-5)
+    assert folding_loss(_linear_field(matrix, (3, 4, 5))).item() == pytest.approx(
+        max(0.0, -expected), abs=1e-5
+    )
+    # No displacement, or a stretch, does not fold: zero penalty.
+    assert folding_loss(torch.zeros(2, 3, 3, 4, 5)).item() == 0.0
+    assert folding_loss(_linear_field(np.diag([0.5, 1.0, 0.0]), (3, 4, 5))).item() == 0.0
+
+
+def test_folding_determinants_match_the_metric_and_per_voxel_linalg_det() -> None:
+    field = np.random.default_rng(4).normal(scale=0.7, size=(3, 4, 5, 6))
+    # Central differences: the evaluation's determinant (itself checked against SimpleITK).
+    central = jacobian_determinant(torch.from_numpy(field)[None], "central")[0].numpy()
+    np.testing.assert_allclose(central, metrics.jacobian_determinant(field), rtol=1e-12)
+    # Forward differences: np.linalg.det of each interior voxel's forward-difference Jacobian.
+    det = jacobian_determinant(torch.from_numpy(field)[None], "forward")[0].numpy()
+    for d, h, w in np.ndindex(3, 4, 5):  # interior: every forward difference exists
+        jacobian = np.stack(
+            [
+                field[:, d + 1, h, w] - field[:, d, h, w],
+                field[:, d, h + 1, w] - field[:, d, h, w],
+                field[:, d, h, w + 1] - field[:, d, h, w],
+            ],
+            axis=1,
+        )
+        assert det[d, h, w] == pytest.approx(np.linalg.det(np.eye(3) + jacobian), rel=1e-9)
+    # An axis of length 1 has zero derivative: a 2-D field's det is its in-plane 2x2 det.
+    flat = torch.zeros(1, 3, 1, 4, 4)
+    flat[0, 1] = torch.arange(4.0).view(4, 1) * -3.0  # d(h + u_h)/dh = -2
+    for differences in ("central", "forward"):
+        assert jacobian_determinant(flat, differences).unique().tolist() == [-2.0]
+    with pytest.raises(ValueError, match="central"):
+        jacobian_determinant(flat, "backward")
+    with pytest.raises(ValueError, match=r"\(N, 3, D, H, W\)"):
+        folding_loss(torch.zeros(1, 2, 3, 3, 3))
+
+
+def test_folding_loss_sees_a_checkerboard_that_central_differences_miss() -> None:
+    # u_d alternates +-0.75 along d: every central difference is 0 (det 1, the evaluation's
+    # metric sees no folding); the forward differences are -+1.5, so half the voxels fold.
+    field = torch.zeros(1, 3, 8, 3, 3)
+    field[0, 0] = (0.75 * (-1.0) ** torch.arange(8.0)).view(8, 1, 1)
+    assert metrics.nonpositive_jacobian_percent(field[0, :, 1:-1].numpy()) == 0.0
+    assert folding_loss(field).item() > 0.05
+
+
+def test_folding_loss_gradient_descent_unfolds_a_field() -> None:
+    field = torch.from_numpy(np.random.default_rng(5).normal(scale=1.0, size=(1, 3, 6, 6, 6)))
+    field = field.float().requires_grad_()
+    before = metrics.nonpositive_jacobian_percent(field[0].detach().numpy())
+    optimizer = torch.optim.SGD([field], lr=1.0)
+    for _ in range(300):
+        optimizer.zero_grad()
+        folding_loss(field).backward()
+        optimizer.step()
+    after = metrics.nonpositive_jacobian_percent(field[0].detach().numpy())
+    forward = float((jacobian_determinant(field.detach(), "forward") <= 0).float().mean()) * 100
+    assert before > 30.0
+    assert folding_loss(field).item() < 1e-3
+    assert after < 5.0 and forward < 5.0  # the relu's gradient stops at det = 0 exactly
 
 
 def test_cross_entropy_hand_computed() -> None:

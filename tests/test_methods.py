@@ -9,14 +9,16 @@ from deeprs.errors import DeeprsError
 from deeprs.methods import METHODS, MethodSpec, get_method
 from deeprs.terms import WEIGHT_KEYS
 
-# The loss terms of each row of the paper's tables.
-_VOXELMORPH = {"reg_cc", "reg_smooth"}
+# The loss terms of each row of the paper's tables; every R also carries the folding
+# penalty, whose weight is 0 (the paper's loss) unless a preset sets it.
+_REGULARITY = {"reg_smooth", "reg_fold"}
+_VOXELMORPH = {"reg_cc"} | _REGULARITY
 _DEEPRS_R = _VOXELMORPH | {"reg_adv", "disc"}
 _DIRECT_JOINT = _DEEPRS_R | {"seg_ce"}
 EXPECTED_TERMS = {
     "affine": set(),
     "voxelmorph2": _VOXELMORPH,
-    "advreg": {"reg_smooth", "reg_adv", "disc"},
+    "advreg": _REGULARITY | {"reg_adv", "disc"},
     "unet3d": {"seg_supervised"},
     "unet3d_aug": {"seg_supervised"},
     "fcn3d": {"seg_supervised"},

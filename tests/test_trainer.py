@@ -155,6 +155,30 @@ def test_every_method_trains_and_writes_its_outputs(
         assert validation["r_folding_pct"].notna().all() == method.registration
 
 
+def test_folding_penalty_is_computed_and_trains_r_only_where_weighted(
+    small: tuple[Manifest, Split], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the paper's weight 0 the penalty is never computed (its column stays 0) and R
+    trains as before; weighted, its value is logged and enters R's update. The penalty is
+    replaced by one that is never 0 on a short run that may not fold (the real one is
+    checked in test_losses)."""
+    import deeprs.losses
+
+    monkeypatch.setattr(deeprs.losses, "folding_loss", lambda u: u.float().pow(2).mean())
+    manifest, split = small
+    for name in ("voxelmorph2", "advreg"):
+        method = get_method(name)
+        paper = train(method, manifest, split, quick(3), tmp_path / name / "paper", CPU)
+        assert (pd.read_csv(paper.losses_csv)["reg_fold"] == 0).all()
+        weighted = train(
+            method, manifest, split, quick(3, weights={"fold": 5.0}), tmp_path / name / "w", CPU
+        )
+        assert (pd.read_csv(weighted.losses_csv)["reg_fold"].iloc[1:] > 0).all()
+        expected, actual = _state(paper.model_path), _state(weighted.model_path)
+        changed = [key for key in expected if not torch.equal(expected[key], actual[key])]
+        assert any(key.startswith("registration.") for key in changed)
+
+
 def _state(path: Path) -> dict[str, torch.Tensor]:
     models = read_payload(path, "model file")["models"]
     return {f"{key}.{name}": t for key, m in models.items() for name, t in m["state_dict"].items()}

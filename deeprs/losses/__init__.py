@@ -8,7 +8,7 @@ from __future__ import annotations
 from deeprs.losses.adversarial import adversarial_loss, discriminator_loss, reference_image
 from deeprs.losses.dss import dss_scale, sample_dss_alpha
 from deeprs.losses.segmentation import acm_loss, cross_entropy, drc_loss, soft_dice_loss
-from deeprs.losses.similarity import local_ncc_loss, smoothness_loss
+from deeprs.losses.similarity import folding_loss, local_ncc_loss, smoothness_loss
 from deeprs.nets.spatial import one_hot
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "discriminator_loss",
     "drc_loss",
     "dss_scale",
+    "folding_loss",
     "local_ncc_loss",
     "one_hot",
     "reference_image",

@@ -75,3 +75,50 @@ def smoothness_loss(displacement: torch.Tensor) -> torch.Tensor:
         (u[:, :, :, :, 1:] - u[:, :, :, :, :-1]).pow(2).mean(),
     )
     return sum(grads) / 3.0
+
+
+def folding_loss(displacement: torch.Tensor) -> torch.Tensor:
+    """Mean of ``relu(-det J)`` over voxels and samples: zero wherever ``x + u`` does not fold.
+
+    Not in the paper (docs/methods.md, "Folding penalty"): on a thick-slice grid the
+    adversarial push moves whole slices past each other, which the smoothness term alone
+    does not stop. ``J`` is the Jacobian of ``x + u`` twice over, averaged: by central
+    differences (the folding the evaluation reports, as SimpleITK computes it) and by
+    forward differences (which see the voxel-to-voxel checkerboard that central differences
+    miss). ``u`` is ``(N, 3, D, H, W)`` in voxels, channels ``(d, h, w)``.
+    """
+    with torch.autocast(device_type=displacement.device.type, enabled=False):
+        u = displacement.float()
+        central = torch.relu(-jacobian_determinant(u, "central")).mean()
+        forward = torch.relu(-jacobian_determinant(u, "forward")).mean()
+    return (central + forward) / 2.0
+
+
+def jacobian_determinant(displacement: torch.Tensor, differences: str) -> torch.Tensor:
+    """``det(I + grad u)`` at every voxel, shape ``(N, D, H, W)``; unitless.
+
+    ``differences``: ``"central"`` (one-sided at the borders, as ``np.gradient``) or
+    ``"forward"`` (the last difference repeated at the far border). An axis of length 1 has
+    zero derivative.
+    """
+    if displacement.dim() != 5 or displacement.shape[1] != 3:
+        raise ValueError(f"displacement must be (N, 3, D, H, W), got {tuple(displacement.shape)}")
+    if differences not in ("central", "forward"):
+        raise ValueError(f"differences must be 'central' or 'forward', got {differences!r}")
+    derivatives = []
+    for dim in (2, 3, 4):
+        if displacement.shape[dim] == 1:
+            derivatives.append(torch.zeros_like(displacement))
+        elif differences == "central":
+            derivatives.append(torch.gradient(displacement, dim=dim)[0])
+        else:
+            step = displacement.diff(dim=dim)
+            last = step.narrow(dim, step.shape[dim] - 1, 1)
+            derivatives.append(torch.cat((step, last), dim=dim))
+    # j[i][k] = d(x + u)_i / d x_k
+    j = [[derivatives[k][:, i] + (1.0 if i == k else 0.0) for k in range(3)] for i in range(3)]
+    return (
+        j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
+        - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
+        + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0])
+    )

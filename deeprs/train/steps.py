@@ -1,8 +1,8 @@
 """The three updates of one training iteration: R, then D, then S (section 3.2 of the paper).
 
 Each update sums the method's loss terms of its network (:mod:`deeprs.terms`), each times
-its weight; a term that a method lacks is never computed (no zero-weighted forward
-passes). The inputs the terms share (warped labels, S's prediction on the fixed image,
+its weight; a term that a method lacks, or whose weight is 0, is never computed (no
+zero-weighted forward passes). The inputs the terms share (warped labels, S's prediction on the fixed image,
 D's confidence) are computed once per step, when a term first reads them. Each step
 returns the unweighted value of every term it computed, named as the columns of
 ``losses.csv``, and refuses to apply an update whose loss is NaN or infinite.
@@ -100,15 +100,21 @@ def _constant(device: torch.device) -> Iterator[None]:
 def _weighted_sum(
     context: StepContext, active: list[LossTerm], inputs: object
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Compute the ``active`` terms; their weighted sum and each term's value."""
+    """Compute the ``active`` terms; their weighted sum and each term's value.
+
+    A term whose weight is 0 is not computed: it could change nothing but the time.
+    """
     terms: dict[str, torch.Tensor] = {}
     total = torch.zeros((), device=context.device)
     for term in active:
+        weight = context.method.weight(term.name, context.weights)
+        if weight == 0:
+            continue
         value = term.compute(inputs)
         if value is None:
             continue
         terms[term.name] = value
-        total = total + context.method.weight(term.name, context.weights) * value
+        total = total + weight * value
     return total, terms
 
 
@@ -120,9 +126,10 @@ def _apply(
     for name, value in values.items():
         if not torch.isfinite(torch.tensor(value)):
             raise NonFiniteLossError(name, value)
-    optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    optimizer.step()
+    if total.requires_grad:  # every term of the network weighted 0: nothing to learn
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
     return values
 
 
