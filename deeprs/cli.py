@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "split": ("deeprs.commands.split", "write the folds and the label-amount splits"),
     "train": ("deeprs.train.cli", "train one method on one fold"),
     "budget": ("deeprs.commands.budget", "learning rate and iterations from the budget search"),
+    "fold-search": ("deeprs.commands.fold_search", "the folding penalty's weight from its search"),
     "evaluate": ("deeprs.evaluate.cli", "Dice, HD95 and folding of a trained method on a fold"),
     "report": ("deeprs.report.cli", "tables and figures from the metrics"),
     "overlays": ("deeprs.report.overlays", "Figs. 6-7: one slice per method, Dice per panel"),

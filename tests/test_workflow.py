@@ -116,6 +116,21 @@ def test_demo_preset_plans_every_method_fold_and_label_study_job(tmp_path: Path)
             assert f"results/demo/{method}/fold_{fold}/model.pt" in dry.stdout
 
 
+def test_fold_search_plans_every_registration_method_at_every_weight(tmp_path: Path) -> None:
+    config = yaml.safe_load(DEMO.read_text())
+    config["budget"] = {"fold_weights": [1, 100], "split": "fold_0"}
+    preset = tmp_path / "fold_search.yaml"
+    preset.write_text(yaml.safe_dump(config, sort_keys=False))
+    dry = snakemake(tmp_path, preset, "-n", "fold_search")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    registration = ["voxelmorph2", "advreg", "deepatlas", "hybridcnn", "deeprs"]
+    assert planned_jobs(dry.stdout)["train_fold_search"] == 2 * len(registration)
+    for weight in ("1", "100"):
+        for method in registration:
+            assert f"results/demo/budget/fold_{weight}/{method}/fold_0/model.pt" in dry.stdout
+    assert '"fold": 100.0' in dry.stdout and '"fold": 1.0' in dry.stdout
+
+
 def _variant(tmp_path: Path, section: str, key: str, value: object) -> Path:
     config = yaml.safe_load(SMOKE.read_text())
     config[section][key] = value

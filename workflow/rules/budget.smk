@@ -1,7 +1,11 @@
 # The budget search (config section `budget`): every Table 1 method that trains, at each
 # learning rate, on one split; `deeprs budget` reads their validation curves and proposes
-# the preset's train.lr and train.iterations. Not part of `reproduce`: run it as
+# the preset's train.lr and train.iterations. The folding penalty's search
+# (`budget.fold_weights`) trains every Table 1 method with R at each weight of
+# train.weights.fold; `deeprs fold-search` proposes the weight. Neither is part of
+# `reproduce`: run them as
 #   snakemake --cores all budget
+#   snakemake --cores all fold_search
 
 
 rule train_budget:
@@ -55,3 +59,56 @@ rule budget:
     shell:
         "deeprs budget --results {params.results:q} --lrs {params.lrs} --methods {params.methods}"
         " --split {params.split} --out {params.out:q} > {log:q} 2>&1"
+
+
+rule train_fold_search:
+    """One search run: `{method}` with the folding penalty's weight `{weight}` on the budget split."""
+    input:
+        manifest=f"{RESULTS}/preprocessed/manifest.json",
+        split=f"{RESULTS}/splits/{BUDGET['split']}.json",
+    output:
+        model=f"{RESULTS}/budget/fold_{{weight}}/{{method}}/{BUDGET['split']}/model.pt",
+        losses=f"{RESULTS}/budget/fold_{{weight}}/{{method}}/{BUDGET['split']}/losses.csv",
+        validation=f"{RESULTS}/budget/fold_{{weight}}/{{method}}/{BUDGET['split']}/validation.csv",
+    wildcard_constraints:
+        method="|".join(METHODS),
+        weight=r"[0-9.e+-]+",
+    params:
+        out_dir=lambda wildcards, output: Path(output.model).parent,
+        settings=lambda wildcards: fold_search_train_settings(wildcards.weight),
+        device=config["train"]["device"],
+    threads: config["train"]["threads"]
+    resources:
+        gpu=TRAIN_GPUS,
+    log:
+        f"{LOGS}/budget/fold_{{weight}}/{{method}}/train.log",
+    conda:
+        "../envs/deeprs.yaml"
+    shell:
+        "deeprs train --method {wildcards.method} --manifest {input.manifest:q}"
+        " --split {input.split:q} --out-dir {params.out_dir:q} --settings {params.settings:q}"
+        " --device {params.device} --threads {threads} > {log:q} 2>&1"
+
+
+rule fold_search:
+    """fold_search.csv and fold_search.json: the proposed train.weights.fold, and why."""
+    input:
+        fold_search_validation(),
+    output:
+        table=f"{RESULTS}/budget/fold_search.csv",
+        choice=f"{RESULTS}/budget/fold_search.json",
+    params:
+        results=lambda wildcards, output: Path(output.table).parents[1],
+        out=lambda wildcards, output: Path(output.table).parent,
+        weights=" ".join(f"{weight:g}" for weight in BUDGET["fold_weights"]),
+        methods=" ".join(fold_search_methods()),
+        split=BUDGET["split"],
+        max_folding=BUDGET["max_folding_pct"],
+    log:
+        f"{LOGS}/budget/fold_search.log",
+    conda:
+        "../envs/deeprs.yaml"
+    shell:
+        "deeprs fold-search --results {params.results:q} --weights {params.weights}"
+        " --methods {params.methods} --split {params.split} --max-folding {params.max_folding}"
+        " --out {params.out:q} > {log:q} 2>&1"

@@ -188,6 +188,26 @@ def budget_validation():
     ]
 
 
+def fold_search_methods():
+    """Every Table 1 method with R: the folding penalty's search is the same for all of them."""
+    return [method for method in budget_methods() if get_method(method).registration]
+
+
+def fold_search_train_settings(weight):
+    """Config section `train` as the preset has it, with the folding penalty's weight."""
+    weights = {**config["train"]["weights"], "fold": float(weight)}
+    return section_json({**config, "train": {**config["train"], "weights": weights}}, "train")
+
+
+def fold_search_validation():
+    """validation.csv of every run of the folding penalty's search."""
+    return [
+        f"{RESULTS}/budget/fold_{weight:g}/{method}/{BUDGET['split']}/validation.csv"
+        for weight in BUDGET["fold_weights"]
+        for method in fold_search_methods()
+    ]
+
+
 # Applying trained models (predict.smk).
 PREDICT = config["predict"]
 
