@@ -95,6 +95,14 @@ def read_validation(path: Path) -> pd.DataFrame:
     return frame
 
 
+def read_search_run(path: Path, search: str, target: str) -> pd.DataFrame:
+    """One run of a search (``search`` names it) on the budget split; a missing one names the
+    Snakemake ``target`` that trains it."""
+    if not path.is_file():
+        raise DataError(f"{search} run '{path}' is missing; run target '{target}'")
+    return read_validation(path)
+
+
 def assess(frame: pd.DataFrame) -> list[Convergence]:
     """The criterion for every signal the run measured (S and/or R)."""
     results = []

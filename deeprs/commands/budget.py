@@ -69,9 +69,7 @@ def search_table(results: Path, lrs: list[float], methods: list[str], split: str
     for lr in lrs:
         for method in methods:
             path = run_folder(results, lr, method, split) / "validation.csv"
-            if not path.is_file():
-                raise DataError(f"budget search run '{path}' is missing; run target 'budget'")
-            frame = convergence.read_validation(path)
+            frame = convergence.read_search_run(path, "budget search", "budget")
             assessed = {result.signal: result for result in convergence.assess(frame)}
             if not assessed:
                 raise DataError(f"budget search run '{path}' has no validation Dice")

@@ -55,9 +55,7 @@ def search_table(
     for weight in weights:
         for method in methods:
             path = run_folder(results, weight, method, split) / "validation.csv"
-            if not path.is_file():
-                raise DataError(f"fold search run '{path}' is missing; run target 'fold_search'")
-            frame = convergence.read_validation(path)
+            frame = convergence.read_search_run(path, "fold search", "fold_search")
             if convergence.FOLDING not in frame.columns or frame[convergence.FOLDING].isna().all():
                 raise DataError(
                     f"fold search run '{path}' has no R folding ({convergence.FOLDING}); "
