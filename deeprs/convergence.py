@@ -52,6 +52,12 @@ class Convergence:
         return bool(abs(self.change) < TOLERANCE_POINTS)
 
 
+def in_last_part(iterations: np.ndarray) -> np.ndarray:
+    """Which of ``iterations`` fall in the criterion's window: the last 1/LAST_PART of them."""
+    end = iterations.max()
+    return iterations >= end - end / LAST_PART
+
+
 def trend_over_last_third(iterations: np.ndarray, dice: np.ndarray) -> tuple[float, float]:
     """The trend's change of Dice (points) over the last third of the recorded iterations,
     and its standard error from the fit's residuals; NaN when undecided."""
@@ -61,9 +67,8 @@ def trend_over_last_third(iterations: np.ndarray, dice: np.ndarray) -> tuple[flo
     iterations, dice = iterations[keep], dice[keep]
     if iterations.size == 0:
         return float("nan"), float("nan")
-    end = iterations.max()
-    start = end - end / LAST_PART
-    last = iterations >= start
+    span = iterations.max() / LAST_PART
+    last = in_last_part(iterations)
     x, y = iterations[last], dice[last]
     if x.size < MIN_POINTS:
         return float("nan"), float("nan")
@@ -71,7 +76,7 @@ def trend_over_last_third(iterations: np.ndarray, dice: np.ndarray) -> tuple[flo
     residuals = y - (slope * x + intercept)
     spread = float(np.sum((x - x.mean()) ** 2))
     slope_se = float(np.sqrt(np.sum(residuals**2) / (x.size - 2) / spread))
-    return float(slope * (end - start) * 100), slope_se * (end - start) * 100
+    return float(slope * span * 100), slope_se * span * 100
 
 
 def change_over_last_third(iterations: np.ndarray, dice: np.ndarray) -> float:

@@ -61,8 +61,7 @@ def search_table(
                     f"fold search run '{path}' has no R folding ({convergence.FOLDING}); "
                     "only methods with a registration network belong in the search"
                 )
-            end = frame["iteration"].max()
-            last = frame[frame["iteration"] >= end - end / convergence.LAST_PART]
+            last = frame[convergence.in_last_part(frame["iteration"].to_numpy())]
             rows.append(
                 {
                     "method": method,
