@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from deeprs.losses import discriminator_loss, reference_image
 from deeprs.nets import NETWORKS, PixelDiscriminator, VoxelMorph2, build_network
 from deeprs.nets.blocks import Conv3d, scale_channels
+from deeprs.nets.spatial import integrate_velocity
 
 # Small constructor arguments per kind, so that the shape tests stay fast on one thread.
 SMALL = {
@@ -62,6 +63,28 @@ def test_voxelmorph_starts_near_identity_and_has_the_paper_layout() -> None:
     layers += [(32, 32), (34, 16), (16, 16), (16, 3)]
     expected = sum(27 * c_in * c_out + c_out for c_in, c_out in layers)
     assert sum(p.numel() for p in net.parameters()) == expected
+
+
+def test_diffeomorphic_voxelmorph_integrates_the_same_network_output() -> None:
+    torch.manual_seed(0)
+    plain = VoxelMorph2(width=0.25)
+    torch.manual_seed(0)
+    diffeomorphic = build_network("voxelmorph2", width=0.25, integration_steps=5)
+    assert diffeomorphic.config["integration_steps"] == 5
+    assert build_network("voxelmorph2", **diffeomorphic.config).integration_steps == 5
+    # Same weights, so the same velocity: scale the flow layer so it is far from zero.
+    for net in (plain, diffeomorphic):
+        with torch.no_grad():
+            net.flow.weight.mul_(3e4)
+    moving, fixed = torch.rand(1, 1, 12, 16, 16), torch.rand(1, 1, 12, 16, 16)
+    with torch.no_grad():
+        velocity = plain(moving, fixed)
+        displacement = diffeomorphic(moving, fixed)
+    assert velocity.abs().max() > 0.5
+    torch.testing.assert_close(displacement, integrate_velocity(velocity, 5))
+    assert not torch.allclose(displacement, velocity)
+    with pytest.raises(ValueError, match="integration_steps must be >= 0, got -1"):
+        VoxelMorph2(integration_steps=-1)
 
 
 @pytest.mark.parametrize("kind", sorted(SMALL))

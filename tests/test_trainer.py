@@ -21,7 +21,7 @@ from deeprs.config import section_defaults
 from deeprs.data.cases import Manifest, Split, load_manifest, load_split
 from deeprs.errors import DeeprsError
 from deeprs.methods import METHODS, get_method
-from deeprs.nets.spatial import warp
+from deeprs.nets.spatial import integrate_velocity, warp
 from deeprs.terms import TERM_TITLES
 from deeprs.train import TrainSettings, load_models, train
 from deeprs.train.checkpoint import read_payload
@@ -223,10 +223,31 @@ def test_checkpoint_of_other_settings_is_not_resumed(
 ) -> None:
     manifest, split = small
     method = get_method("voxelmorph2")
-    with pytest.raises(Killed):
-        train(method, manifest, split, quick(), tmp_path, CPU, callback=_kill_at(2))
-    result = train(method, manifest, split, quick(lr=1e-3), tmp_path, CPU)
-    assert result.resumed_from == 0
+    for change in ({"lr": 1e-3}, {"integration_steps": 4}):
+        out_dir = tmp_path / next(iter(change))
+        with pytest.raises(Killed):
+            train(method, manifest, split, quick(), out_dir, CPU, callback=_kill_at(2))
+        result = train(method, manifest, split, quick(**change), out_dir, CPU)
+        assert result.resumed_from == 0
+
+
+def test_integration_steps_reach_r_and_its_model_file(
+    small: tuple[Manifest, Split], tmp_path: Path
+) -> None:
+    """train.integration_steps makes R diffeomorphic in training and in the saved model."""
+    manifest, split = small
+    result = train(
+        get_method("deeprs"), manifest, split, quick(3, integration_steps=4), tmp_path, CPU
+    )
+    registration = load_models(result.model_path, CPU)["registration"]
+    assert registration.integration_steps == 4
+    moving, fixed = torch.rand(2, 1, 1, 16, 16, 32)
+    with torch.no_grad():
+        displacement = registration(moving, fixed)
+        registration.integration_steps = 0
+        velocity = registration(moving, fixed)
+    torch.testing.assert_close(displacement, integrate_velocity(velocity, 4))
+    assert not torch.equal(displacement, velocity)
 
 
 def _kill_at(stop: int):  # noqa: ANN202

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deeprs.nets.blocks import Conv3d, he_init_, scale_channels
+from deeprs.nets.spatial import integrate_velocity
 
 ENCODER_LENGTH = 4
 LEAKY_SLOPE = 0.2
@@ -34,8 +35,11 @@ class VoxelMorph2(nn.Module):
     concatenation with the input, two more convolutions at full resolution, then a
     3-channel flow convolution drawn from N(0, 1e-5) with zero bias so that the network
     starts near the identity; the other convolutions are He-initialised (see
-    :func:`deeprs.nets.blocks.he_init_`). No integration: the displacement is not
-    diffeomorphic.
+    :func:`deeprs.nets.blocks.he_init_`). With ``integration_steps = 0`` (the paper's
+    VoxelMorph-2) that convolution's output is the displacement, which may fold; with
+    ``integration_steps > 0`` it is a stationary velocity field and the displacement is its
+    scaling-and-squaring integral (:func:`deeprs.nets.spatial.integrate_velocity`), as in
+    VoxelMorph's diffeomorphic variant (there integrated at half resolution; here at full).
     Up-sampling goes to the exact size of the skip feature, so any input size works.
     """
 
@@ -46,6 +50,7 @@ class VoxelMorph2(nn.Module):
         width: float = 1.0,
         encoder: Sequence[int] = (16, 32, 32, 32),
         decoder: Sequence[int] = (32, 32, 32, 32, 32, 16, 16),
+        integration_steps: int = 0,
     ) -> None:
         super().__init__()
         if len(encoder) != ENCODER_LENGTH or len(decoder) != DECODER_LENGTH:
@@ -53,7 +58,15 @@ class VoxelMorph2(nn.Module):
                 f"VoxelMorph-2 needs {ENCODER_LENGTH} encoder and {DECODER_LENGTH} decoder "
                 f"widths, got {len(encoder)} and {len(decoder)}"
             )
-        self.config = dict(width=width, encoder=list(encoder), decoder=list(decoder))
+        if integration_steps < 0:
+            raise ValueError(f"integration_steps must be >= 0, got {integration_steps}")
+        self.config = dict(
+            width=width,
+            encoder=list(encoder),
+            decoder=list(decoder),
+            integration_steps=integration_steps,
+        )
+        self.integration_steps = integration_steps
         enc = scale_channels(encoder, width)
         dec = scale_channels(decoder, width)
         self.levels = len(enc)
@@ -91,4 +104,4 @@ class VoxelMorph2(nn.Module):
         y = self.half_res(y)
         y = F.interpolate(y, size=x.shape[2:], mode="nearest")
         y = self.full_res(torch.cat([y, x], dim=1))
-        return self.flow(y)
+        return integrate_velocity(self.flow(y), self.integration_steps)

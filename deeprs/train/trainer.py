@@ -80,6 +80,7 @@ class TrainSettings:
 
     iterations: int = _DEFAULTS["iterations"]
     width: float = _DEFAULTS["width"]
+    integration_steps: int = _DEFAULTS["integration_steps"]
     lr: float = _DEFAULTS["lr"]
     weights: dict[str, float] = field(default_factory=lambda: dict(_DEFAULTS["weights"]))
     checkpoint_every: int = _DEFAULTS["checkpoint_every"]
@@ -115,6 +116,7 @@ class TrainSettings:
         """The settings a checkpoint must share to be resumed (not the run length)."""
         return {
             "width": self.width,
+            "integration_steps": self.integration_steps,
             "lr": self.lr,
             "weights": dict(self.weights),
             "seed": self.seed,
@@ -167,7 +169,8 @@ def build_networks(
 
     kinds: dict[str, tuple[str, nn.Module]] = {}
     if method.registration:
-        kinds["registration"] = ("voxelmorph2", seeded("voxelmorph2"))
+        registration = seeded("voxelmorph2", integration_steps=settings.integration_steps)
+        kinds["registration"] = ("voxelmorph2", registration)
     if method.segmentation:
         kind = method.segmentation_kind
         net = seeded(kind, in_channels=1, out_channels=num_classes)
