@@ -124,11 +124,31 @@ def test_fold_search_plans_every_registration_method_at_every_weight(tmp_path: P
     dry = snakemake(tmp_path, preset, "-n", "fold_search")
     assert dry.returncode == 0, dry.stderr[-2000:]
     registration = ["voxelmorph2", "advreg", "deepatlas", "hybridcnn", "deeprs"]
-    assert planned_jobs(dry.stdout)["train_fold_search"] == 2 * len(registration)
+    assert planned_jobs(dry.stdout)["train_search"] == 2 * len(registration)
     for weight in ("1", "100"):
         for method in registration:
             assert f"results/demo/budget/fold_{weight}/{method}/fold_0/model.pt" in dry.stdout
     assert '"fold": 100.0' in dry.stdout and '"fold": 1.0' in dry.stdout
+
+
+def test_budget_search_plans_every_training_method_at_every_rate(tmp_path: Path) -> None:
+    config = yaml.safe_load(DEMO.read_text())
+    config["budget"] = {"lrs": [0.001, 0.003], "iterations": 50, "split": "fold_0"}
+    preset = tmp_path / "budget.yaml"
+    preset.write_text(yaml.safe_dump(config, sort_keys=False))
+    dry = snakemake(tmp_path, preset, "-n", "budget")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    from deeprs.config import load_config
+    from deeprs.methods import get_method
+
+    methods = load_config(preset)["methods"]
+    trained = [m for m in dict.fromkeys(methods) if get_method(m).trains]
+    assert planned_jobs(dry.stdout)["train_search"] == 2 * len(trained)
+    for lr in ("0.001", "0.003"):
+        for method in trained:
+            assert f"results/demo/budget/lr_{lr}/{method}/fold_0/model.pt" in dry.stdout
+    assert '"lr": 0.003' in dry.stdout and '"iterations": 50' in dry.stdout
+    assert '"fold": 0' in dry.stdout  # the preset's weights, untouched
 
 
 def _variant(tmp_path: Path, section: str, key: str, value: object) -> Path:

@@ -35,7 +35,7 @@ LOG = logging.getLogger(__name__)
 
 
 def run_folder(results: Path, lr: float, method: str, split: str) -> Path:
-    """Where the search's run of ``method`` at ``lr`` lives (the rule ``train_budget``)."""
+    """Where the search's run of ``method`` at ``lr`` lives (the rule ``train_search``)."""
     return Path(results) / "budget" / f"lr_{lr:g}" / method / split
 
 

@@ -32,7 +32,7 @@ LOG = logging.getLogger(__name__)
 
 
 def run_folder(results: Path, weight: float, method: str, split: str) -> Path:
-    """Where the search's run of ``method`` at ``weight`` lives (the rule ``train_fold_search``)."""
+    """Where the search's run of ``method`` at ``weight`` lives (the rule ``train_search``)."""
     return Path(results) / "budget" / f"fold_{weight:g}" / method / split
 
 

@@ -8,27 +8,28 @@
 #   snakemake --cores all fold_search
 
 
-rule train_budget:
-    """One search run: `{method}` at learning rate `{lr}` (R, S and D alike) on the budget split."""
+rule train_search:
+    """One run of a search on the budget split: `{method}` at learning rate x (R, S and D
+    alike) for `{search}` = lr_x, or with the folding penalty's weight x for fold_x."""
     input:
         manifest=f"{RESULTS}/preprocessed/manifest.json",
         split=f"{RESULTS}/splits/{BUDGET['split']}.json",
     output:
-        model=f"{RESULTS}/budget/lr_{{lr}}/{{method}}/{BUDGET['split']}/model.pt",
-        losses=f"{RESULTS}/budget/lr_{{lr}}/{{method}}/{BUDGET['split']}/losses.csv",
-        validation=f"{RESULTS}/budget/lr_{{lr}}/{{method}}/{BUDGET['split']}/validation.csv",
+        model=f"{RESULTS}/budget/{{search}}/{{method}}/{BUDGET['split']}/model.pt",
+        losses=f"{RESULTS}/budget/{{search}}/{{method}}/{BUDGET['split']}/losses.csv",
+        validation=f"{RESULTS}/budget/{{search}}/{{method}}/{BUDGET['split']}/validation.csv",
     wildcard_constraints:
         method="|".join(METHODS),
-        lr=r"[0-9.e-]+",
+        search=r"lr_[0-9.e-]+|fold_[0-9.e+-]+",
     params:
         out_dir=lambda wildcards, output: Path(output.model).parent,
-        settings=lambda wildcards: budget_train_settings(wildcards.lr),
+        settings=lambda wildcards: search_train_settings(wildcards.search),
         device=config["train"]["device"],
     threads: config["train"]["threads"]
     resources:
         gpu=TRAIN_GPUS,
     log:
-        f"{LOGS}/budget/lr_{{lr}}/{{method}}/train.log",
+        f"{LOGS}/budget/{{search}}/{{method}}/train.log",
     conda:
         "../envs/deeprs.yaml"
     shell:
@@ -59,35 +60,6 @@ rule budget:
     shell:
         "deeprs budget --results {params.results:q} --lrs {params.lrs} --methods {params.methods}"
         " --split {params.split} --out {params.out:q} > {log:q} 2>&1"
-
-
-rule train_fold_search:
-    """One search run: `{method}` with the folding penalty's weight `{weight}` on the budget split."""
-    input:
-        manifest=f"{RESULTS}/preprocessed/manifest.json",
-        split=f"{RESULTS}/splits/{BUDGET['split']}.json",
-    output:
-        model=f"{RESULTS}/budget/fold_{{weight}}/{{method}}/{BUDGET['split']}/model.pt",
-        losses=f"{RESULTS}/budget/fold_{{weight}}/{{method}}/{BUDGET['split']}/losses.csv",
-        validation=f"{RESULTS}/budget/fold_{{weight}}/{{method}}/{BUDGET['split']}/validation.csv",
-    wildcard_constraints:
-        method="|".join(METHODS),
-        weight=r"[0-9.e+-]+",
-    params:
-        out_dir=lambda wildcards, output: Path(output.model).parent,
-        settings=lambda wildcards: fold_search_train_settings(wildcards.weight),
-        device=config["train"]["device"],
-    threads: config["train"]["threads"]
-    resources:
-        gpu=TRAIN_GPUS,
-    log:
-        f"{LOGS}/budget/fold_{{weight}}/{{method}}/train.log",
-    conda:
-        "../envs/deeprs.yaml"
-    shell:
-        "deeprs train --method {wildcards.method} --manifest {input.manifest:q}"
-        " --split {input.split:q} --out-dir {params.out_dir:q} --settings {params.settings:q}"
-        " --device {params.device} --threads {threads} > {log:q} 2>&1"
 
 
 rule fold_search:

@@ -173,10 +173,17 @@ def budget_methods():
     return [method for method in dict.fromkeys(config["methods"]) if get_method(method).trains]
 
 
-def budget_train_settings(lr):
-    """Config section `train` with one learning rate for R, S and D and the search's length."""
-    overrides = {"lr": float(lr), "discriminator_lr": None, "iterations": BUDGET["iterations"]}
-    return section_json({**config, "train": {**config["train"], **overrides}}, "train")
+def search_train_settings(search):
+    """Config section `train` of one search run (`search` = lr_x or fold_x): the preset's,
+    with one learning rate x for R, S and D and the search's length, or with the folding
+    penalty's weight x."""
+    kind, value = search.split("_", 1)
+    train = dict(config["train"])
+    if kind == "lr":
+        train.update(lr=float(value), discriminator_lr=None, iterations=BUDGET["iterations"])
+    else:
+        train["weights"] = {**train["weights"], "fold": float(value)}
+    return section_json({**config, "train": train}, "train")
 
 
 def budget_validation():
@@ -191,12 +198,6 @@ def budget_validation():
 def fold_search_methods():
     """Every Table 1 method with R: the folding penalty's search is the same for all of them."""
     return [method for method in budget_methods() if get_method(method).registration]
-
-
-def fold_search_train_settings(weight):
-    """Config section `train` as the preset has it, with the folding penalty's weight."""
-    weights = {**config["train"]["weights"], "fold": float(weight)}
-    return section_json({**config, "train": {**config["train"], "weights": weights}}, "train")
 
 
 def fold_search_validation():
