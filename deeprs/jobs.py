@@ -14,6 +14,34 @@ def method_of_run(run: str) -> str:
     return run.split("/")[-1]
 
 
+# The two searches (config section `budget`) write each run below
+# ``{results}/budget/{search}/{method}/{split}``, where ``{search}`` names what the run varies:
+# ``lr_0.003`` (one learning rate for R, S and D) or ``fold_1000`` (the folding penalty's
+# weight). The rule ``train_search`` matches them by ``SEARCH_PATTERN``.
+SEARCH_KINDS = ("lr", "fold")
+SEARCH_PATTERN = r"(?:lr|fold)_[0-9.e+-]+"
+
+
+def search_name(kind: str, value: float) -> str:
+    """``lr_0.003`` for the learning-rate search, ``fold_1000`` for the penalty's search."""
+    if kind not in SEARCH_KINDS:
+        raise ValueError(f"unknown search {kind!r}: one of {', '.join(SEARCH_KINDS)}")
+    return f"{kind}_{value:g}"
+
+
+def parse_search_name(name: str) -> tuple[str, float]:
+    """The inverse of ``search_name``: ``("lr", 0.003)`` for ``lr_0.003``."""
+    kind, _, value = name.partition("_")
+    if kind not in SEARCH_KINDS or not value:
+        raise ValueError(f"not a search run's name: {name!r} (expected e.g. lr_0.003 or fold_10)")
+    return kind, float(value)
+
+
+def search_run_folder(results: Path, kind: str, value: float, method: str, split: str) -> Path:
+    """Where one search run of ``method`` on ``split`` lives (the rule ``train_search``)."""
+    return Path(results) / "budget" / search_name(kind, value) / method / split
+
+
 def accelerator_present() -> bool:
     """Whether this machine has a GPU that ``device: auto`` would pick (CUDA or Apple MPS).
 

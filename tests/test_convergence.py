@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from deeprs import convergence
 from deeprs.cli import main
 from deeprs.commands.budget import choose, first_converged, run_folder, search_table
 from deeprs.errors import DataError
+from deeprs.jobs import SEARCH_PATTERN, parse_search_name, search_name, search_run_folder
 
 ITERATIONS = np.arange(0, 601, 25)
 
@@ -173,3 +175,18 @@ def test_search_figure_names_every_method_of_each_signal(tmp_path: Path, monkeyp
         [text.get_text() for text in axis.get_legend().get_texts()] for axis in (s_axis, r_axis)
     ]
     assert legend_names == [["unet3d", "deeprs"], ["voxelmorph2", "deeprs"]]
+
+
+def test_search_run_names_round_trip_and_match_the_rules_pattern() -> None:
+    for kind, value in (("lr", 0.003), ("lr", 1e-4), ("fold", 1000.0), ("fold", 0.0)):
+        name = search_name(kind, value)
+        assert re.fullmatch(SEARCH_PATTERN, name), name
+        assert parse_search_name(name) == (kind, value)
+    assert search_run_folder(Path("r"), "fold", 10, "deeprs", "fold_0") == Path(
+        "r/budget/fold_10/deeprs/fold_0"
+    )
+    for bad in ("lr", "x_1", "lr_"):
+        with pytest.raises(ValueError, match="search"):
+            parse_search_name(bad)
+    with pytest.raises(ValueError, match="unknown search"):
+        search_name("width", 1)

@@ -30,13 +30,14 @@ import pandas as pd
 from deeprs import convergence
 from deeprs.errors import DataError
 from deeprs.io import write_text
+from deeprs.jobs import search_run_folder
 
 LOG = logging.getLogger(__name__)
 
 
 def run_folder(results: Path, lr: float, method: str, split: str) -> Path:
     """Where the search's run of ``method`` at ``lr`` lives (the rule ``train_search``)."""
-    return Path(results) / "budget" / f"lr_{lr:g}" / method / split
+    return search_run_folder(results, "lr", lr, method, split)
 
 
 def first_converged(frame: pd.DataFrame) -> int | None:

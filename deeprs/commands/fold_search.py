@@ -27,13 +27,14 @@ import pandas as pd
 from deeprs import convergence
 from deeprs.errors import DataError
 from deeprs.io import write_text
+from deeprs.jobs import search_run_folder
 
 LOG = logging.getLogger(__name__)
 
 
 def run_folder(results: Path, weight: float, method: str, split: str) -> Path:
     """Where the search's run of ``method`` at ``weight`` lives (the rule ``train_search``)."""
-    return Path(results) / "budget" / f"fold_{weight:g}" / method / split
+    return search_run_folder(results, "fold", weight, method, split)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ rule train_search:
         validation=f"{RESULTS}/budget/{{search}}/{{method}}/{BUDGET['split']}/validation.csv",
     wildcard_constraints:
         method="|".join(METHODS),
-        search=r"lr_[0-9.e-]+|fold_[0-9.e+-]+",
+        search=SEARCH_PATTERN,
     params:
         out_dir=lambda wildcards, output: Path(output.model).parent,
         settings=lambda wildcards: search_train_settings(wildcards.search),

@@ -10,7 +10,13 @@ from deeprs.config import section_json
 from deeprs.data.ingest import IMAGE_SUFFIXES
 from deeprs.errors import DeeprsError
 from deeprs.folds import FoldSettings, fold_names, label_split_names, split_names
-from deeprs.jobs import method_of_run, training_gpus
+from deeprs.jobs import (
+    SEARCH_PATTERN,
+    method_of_run,
+    parse_search_name,
+    search_run_folder,
+    training_gpus,
+)
 from deeprs.methods import METHODS, get_method
 
 RESULTS = config["results"]
@@ -177,19 +183,19 @@ def search_train_settings(search):
     """Config section `train` of one search run (`search` = lr_x or fold_x): the preset's,
     with one learning rate x for R, S and D and the search's length, or with the folding
     penalty's weight x."""
-    kind, value = search.split("_", 1)
+    kind, value = parse_search_name(search)
     train = dict(config["train"])
     if kind == "lr":
-        train.update(lr=float(value), discriminator_lr=None, iterations=BUDGET["iterations"])
+        train.update(lr=value, discriminator_lr=None, iterations=BUDGET["iterations"])
     else:
-        train["weights"] = {**train["weights"], "fold": float(value)}
+        train["weights"] = {**train["weights"], "fold": value}
     return section_json({**config, "train": train}, "train")
 
 
 def budget_validation():
     """validation.csv of every search run."""
     return [
-        f"{RESULTS}/budget/lr_{lr:g}/{method}/{BUDGET['split']}/validation.csv"
+        f"{search_run_folder(RESULTS, 'lr', lr, method, BUDGET['split'])}/validation.csv"
         for lr in BUDGET["lrs"]
         for method in budget_methods()
     ]
@@ -203,7 +209,7 @@ def fold_search_methods():
 def fold_search_validation():
     """validation.csv of every run of the folding penalty's search."""
     return [
-        f"{RESULTS}/budget/fold_{weight:g}/{method}/{BUDGET['split']}/validation.csv"
+        f"{search_run_folder(RESULTS, 'fold', weight, method, BUDGET['split'])}/validation.csv"
         for weight in BUDGET["fold_weights"]
         for method in fold_search_methods()
     ]
