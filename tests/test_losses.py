@@ -24,9 +24,8 @@ from deeprs.losses import (
     smoothness_loss,
     soft_dice_loss,
 )
-from deeprs.losses.similarity import jacobian_determinant
 from deeprs.nets import PixelDiscriminator, UNet3D, VoxelMorph2
-from deeprs.nets.spatial import warp, warp_labels_onehot
+from deeprs.nets.spatial import jacobian_determinant, warp, warp_labels_onehot
 
 LN2 = math.log(2.0)
 
@@ -136,11 +135,14 @@ def test_folding_loss_hand_computed_on_linear_fields() -> None:
     assert folding_loss(_linear_field(np.diag([0.5, 1.0, 0.0]), (3, 4, 5))).item() == 0.0
 
 
-def test_folding_determinants_match_the_metric_and_per_voxel_linalg_det() -> None:
+def test_folding_determinants_match_np_gradient_and_per_voxel_linalg_det() -> None:
     field = np.random.default_rng(4).normal(scale=0.7, size=(3, 4, 5, 6))
-    # Central differences: the evaluation's determinant (itself checked against SimpleITK).
+    # Central differences: np.linalg.det of np.gradient's Jacobian at every voxel (the
+    # evaluation's determinant is this function, checked against SimpleITK in test_metrics).
     central = jacobian_determinant(torch.from_numpy(field)[None], "central")[0].numpy()
-    np.testing.assert_allclose(central, metrics.jacobian_determinant(field), rtol=1e-12)
+    gradients = np.stack([np.stack(np.gradient(field[i]), axis=-1) for i in range(3)], axis=-2)
+    expected = np.linalg.det(gradients + np.eye(3))
+    np.testing.assert_allclose(central, expected, rtol=1e-10, atol=1e-12)
     # Forward differences: np.linalg.det of each interior voxel's forward-difference Jacobian.
     det = jacobian_determinant(torch.from_numpy(field)[None], "forward")[0].numpy()
     for d, h, w in np.ndindex(3, 4, 5):  # interior: every forward difference exists

@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+import torch
 from scipy import ndimage
+
+from deeprs.nets import spatial
 
 
 def _check_same_shape(pred: np.ndarray, target: np.ndarray) -> None:
@@ -123,28 +126,17 @@ def hd95(
 
 
 def jacobian_determinant(displacement_voxels: np.ndarray) -> np.ndarray:
-    """det of the Jacobian of x + u(x) at every voxel, by central differences.
+    """det of the Jacobian of x + u(x) at every voxel, by central differences, in float64.
 
     ``displacement_voxels`` is ``(3, D, H, W)`` in voxels with channels ``(d, h, w)``; the
     determinant is unitless, so it is the same in voxel or mm units for any spacing. At the
-    border the differences are one-sided; an axis of length 1 has zero derivative.
+    border the differences are one-sided; an axis of length 1 has zero derivative. The same
+    determinant as the folding penalty's (``deeprs.nets.spatial.jacobian_determinant``).
     """
     if displacement_voxels.ndim != 4 or displacement_voxels.shape[0] != 3:
         raise ValueError(f"displacement must be (3, D, H, W), got {displacement_voxels.shape}")
-    field = np.asarray(displacement_voxels, dtype=np.float64)
-    # j[i][k] = d(x + u)_i / d x_k; the 3x3 determinant is expanded by hand because
-    # np.linalg.det over millions of tiny matrices is several times slower.
-    j = [[np.zeros(field.shape[1:]) for _ in range(3)] for _ in range(3)]
-    for i in range(3):
-        for k in range(3):
-            if field.shape[1 + k] > 1:
-                j[i][k] = np.gradient(field[i], axis=k)
-        j[i][i] = j[i][i] + 1.0
-    return (
-        j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
-        - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
-        + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0])
-    )
+    field = torch.from_numpy(np.asarray(displacement_voxels, dtype=np.float64))
+    return spatial.jacobian_determinant(field[None], "central")[0].numpy()
 
 
 def nonpositive_jacobian_percent(displacement_voxels: np.ndarray) -> float:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from deeprs.nets.spatial import jacobian_determinant
+
 
 def box_sum(volume: torch.Tensor, window: int) -> torch.Tensor:
     """Sum over a ``window``^3 cube centred on every voxel, zeros outside the volume.
@@ -92,33 +94,3 @@ def folding_loss(displacement: torch.Tensor) -> torch.Tensor:
         central = torch.relu(-jacobian_determinant(u, "central")).mean()
         forward = torch.relu(-jacobian_determinant(u, "forward")).mean()
     return (central + forward) / 2.0
-
-
-def jacobian_determinant(displacement: torch.Tensor, differences: str) -> torch.Tensor:
-    """``det(I + grad u)`` at every voxel, shape ``(N, D, H, W)``; unitless.
-
-    ``differences``: ``"central"`` (one-sided at the borders, as ``np.gradient``) or
-    ``"forward"`` (the last difference repeated at the far border). An axis of length 1 has
-    zero derivative.
-    """
-    if displacement.dim() != 5 or displacement.shape[1] != 3:
-        raise ValueError(f"displacement must be (N, 3, D, H, W), got {tuple(displacement.shape)}")
-    if differences not in ("central", "forward"):
-        raise ValueError(f"differences must be 'central' or 'forward', got {differences!r}")
-    derivatives = []
-    for dim in (2, 3, 4):
-        if displacement.shape[dim] == 1:
-            derivatives.append(torch.zeros_like(displacement))
-        elif differences == "central":
-            derivatives.append(torch.gradient(displacement, dim=dim)[0])
-        else:
-            step = displacement.diff(dim=dim)
-            last = step.narrow(dim, step.shape[dim] - 1, 1)
-            derivatives.append(torch.cat((step, last), dim=dim))
-    # j[i][k] = d(x + u)_i / d x_k
-    j = [[derivatives[k][:, i] + (1.0 if i == k else 0.0) for k in range(3)] for i in range(3)]
-    return (
-        j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
-        - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
-        + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0])
-    )
