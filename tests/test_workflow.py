@@ -148,7 +148,8 @@ def test_budget_search_plans_every_training_method_at_every_rate(tmp_path: Path)
         for method in trained:
             assert f"results/demo/budget/lr_{lr}/{method}/fold_0/model.pt" in dry.stdout
     assert '"lr": 0.003' in dry.stdout and '"iterations": 50' in dry.stdout
-    assert '"fold": 0' in dry.stdout  # the preset's weights, untouched
+    weight = config["train"]["weights"]["fold"]
+    assert f'"fold": {weight}' in dry.stdout  # the preset's penalty, untouched
 
 
 def _variant(tmp_path: Path, section: str, key: str, value: object) -> Path:
