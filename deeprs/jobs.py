@@ -19,7 +19,7 @@ def method_of_run(run: str) -> str:
 # ``lr_0.003`` (one learning rate for R, S and D) or ``fold_1000`` (the folding penalty's
 # weight). The rule ``train_search`` matches them by ``SEARCH_PATTERN``.
 SEARCH_KINDS = ("lr", "fold")
-SEARCH_PATTERN = r"(?:lr|fold)_[0-9.e+-]+"
+SEARCH_PATTERN = rf"(?:{'|'.join(SEARCH_KINDS)})_[0-9.e+-]+"
 
 
 def search_name(kind: str, value: float) -> str:
@@ -37,9 +37,15 @@ def parse_search_name(name: str) -> tuple[str, float]:
     return kind, float(value)
 
 
+def search_folder(results: Path, search: str, method: str, split: str) -> Path:
+    """The folder of the search run named ``search`` (the rule ``train_search`` passes its
+    wildcards here)."""
+    return Path(results) / "budget" / search / method / split
+
+
 def search_run_folder(results: Path, kind: str, value: float, method: str, split: str) -> Path:
     """Where one search run of ``method`` on ``split`` lives (the rule ``train_search``)."""
-    return Path(results) / "budget" / search_name(kind, value) / method / split
+    return search_folder(results, search_name(kind, value), method, split)
 
 
 def accelerator_present() -> bool:

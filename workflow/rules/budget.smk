@@ -8,6 +8,10 @@
 #   snakemake --cores all fold_search
 
 
+# One search run's folder, with the wildcards {search} and {method}.
+SEARCH_RUN = search_folder(RESULTS, "{search}", "{method}", BUDGET["split"])
+
+
 rule train_search:
     """One run of a search on the budget split: `{method}` at learning rate x (R, S and D
     alike) for `{search}` = lr_x, or with the folding penalty's weight x for fold_x."""
@@ -15,9 +19,9 @@ rule train_search:
         manifest=f"{RESULTS}/preprocessed/manifest.json",
         split=f"{RESULTS}/splits/{BUDGET['split']}.json",
     output:
-        model=f"{RESULTS}/budget/{{search}}/{{method}}/{BUDGET['split']}/model.pt",
-        losses=f"{RESULTS}/budget/{{search}}/{{method}}/{BUDGET['split']}/losses.csv",
-        validation=f"{RESULTS}/budget/{{search}}/{{method}}/{BUDGET['split']}/validation.csv",
+        model=f"{SEARCH_RUN}/model.pt",
+        losses=f"{SEARCH_RUN}/losses.csv",
+        validation=f"{SEARCH_RUN}/validation.csv",
     wildcard_constraints:
         method="|".join(METHODS),
         search=SEARCH_PATTERN,

@@ -14,6 +14,7 @@ from deeprs.jobs import (
     SEARCH_PATTERN,
     method_of_run,
     parse_search_name,
+    search_folder,
     search_run_folder,
     training_gpus,
 )
