@@ -679,6 +679,20 @@ def test_learning_curves_read_validation_files_without_folding(tmp_path: Path, m
     assert folding == ["fold 1"]
 
 
+def test_five_folds_of_learning_curves_differ_without_colour(tmp_path: Path, monkeypatch) -> None:
+    """The study's five folds get five line styles: fold 4 once looked exactly like fold 0."""
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    runs = {fold: pd.DataFrame({"iteration": [1, 2], "reg_cc": [-0.1, -0.2]}) for fold in range(5)}
+    curves.learning_curve_figure(runs, "vm2", "C0", tmp_path / "curves.png")
+    lines = [line for line in visible_axes(closed.pop())[0].get_lines()]
+    fold_lines = [line for line in lines if line.get_label().startswith("fold ")]
+    assert len(fold_lines) == 5
+    # The drawn dash pattern (matplotlib keeps it unscaled per line; "-" has none).
+    patterns = {repr(line._unscaled_dash_pattern) for line in fold_lines}
+    assert len(patterns) == 5
+
+
 def test_subset_report_never_replaces_the_study_report(tmp_path: Path, capsys) -> None:
     from deeprs.cli import main
 

@@ -32,7 +32,9 @@ from deeprs.report.figures import save_figure  # noqa: E402
 from deeprs.terms import TERM_TITLES  # noqa: E402
 
 NOT_PLOTTED = ("iteration", "disc_lr_scale")
-FOLD_STYLES = ("-", "--", ":", "-.")
+# One line style per fold of the study's five (dash-dot-dot for the fifth), so that no two
+# folds look alike without colour; more folds than styles cycle.
+FOLD_STYLES = ("-", "--", ":", "-.", (0, (8, 2, 1, 2, 1, 2)))
 
 
 def losses_path(results: Path, method: str, fold: int) -> Path:
