@@ -685,7 +685,7 @@ def test_five_folds_of_learning_curves_differ_without_colour(tmp_path: Path, mon
     monkeypatch.setattr(plt, "close", closed.append)
     runs = {fold: pd.DataFrame({"iteration": [1, 2], "reg_cc": [-0.1, -0.2]}) for fold in range(5)}
     curves.learning_curve_figure(runs, "vm2", "C0", tmp_path / "curves.png")
-    lines = [line for line in visible_axes(closed.pop())[0].get_lines()]
+    lines = visible_axes(closed.pop())[0].get_lines()
     fold_lines = [line for line in lines if line.get_label().startswith("fold ")]
     assert len(fold_lines) == 5
     # The drawn dash pattern (matplotlib keeps it unscaled per line; "-" has none).
